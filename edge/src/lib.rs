@@ -1,0 +1,1 @@
+//! `tern-edge`: the gateway broker (work in progress).

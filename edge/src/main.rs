@@ -1,0 +1,3 @@
+//! The `tern-edge` binary (work in progress).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! `tern-bench` (work in progress).
+
+fn main() {}

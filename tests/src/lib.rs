@@ -1,0 +1,1 @@
+//! Shared harness for Tern's end-to-end tests (work in progress).
