@@ -1,0 +1,3 @@
+//! Placeholder: the benchmark lands with its module.
+
+fn main() {}
