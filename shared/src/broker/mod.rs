@@ -4,21 +4,46 @@
 //! `handle_decode_error`, `handle_closed`, `handle_timeout`) with the current time,
 //! then drains [`Output`]s with `poll_output` and asks `poll_timeout` when to call
 //! `handle_timeout` next. Nothing here reads a clock or touches a socket, so every
-//! behaviour is tested by feeding packets and instants.
-//! (CONTRACT — implementation in progress.)
+//! behaviour is tested by feeding packets and instants (see `tests`).
+//!
+//! The work is split by concern: `connect` (CONNECT, takeover, session resume,
+//! DISCONNECT, close), `publish` (inbound PUBLISH, routing, outbound delivery and the
+//! QoS 1/2 flows), `subscribe` (SUBSCRIBE/UNSUBSCRIBE, retained on subscribe),
+//! `will` (wills and their delay), `sys` (`$SYS/broker/...`).
 
 mod config;
+mod connect;
+mod connection;
+mod publish;
+mod session;
+mod subscribe;
+mod sys;
+#[cfg(test)]
+mod tests;
+mod will;
 
-use std::time::Instant;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
 
 pub use config::BrokerConfig;
+pub use connection::ConnId;
+pub use sys::Stats;
 
+use self::connection::{ConnPhase, Connection};
+use self::session::{Session, SessionId};
+use self::will::PendingWill;
 use crate::mqtt::codec::DecodeError;
-use crate::mqtt::packet::Packet;
+use crate::mqtt::packet::{Disconnect, Packet};
+use crate::mqtt::reason;
+use crate::retained::RetainedStore;
+use crate::router::{Route, Router};
 
-/// Identifies one network connection for its whole life (never reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(pub u64);
+/// How often connections and sessions are scanned for keep-alive and expiry. A scan
+/// per second keeps `poll_timeout` O(1) with tens of thousands of connections, at the
+/// price of enforcing timeouts up to this much late.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the I/O layer must do next.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,56 +58,248 @@ pub enum Output {
 /// The broker: sessions, router, retained messages, will timers and `$SYS` counters.
 #[derive(Debug)]
 pub struct Broker {
-    _config: BrokerConfig,
+    config: BrokerConfig,
+    started_at: Instant,
+    next_conn: u64,
+    next_session: u64,
+    conns: HashMap<ConnId, Connection>,
+    sessions: HashMap<SessionId, Session>,
+    by_client_id: HashMap<ByteString, SessionId>,
+    router: Router<SessionId>,
+    retained: RetainedStore,
+    wills: Vec<PendingWill>,
+    outputs: VecDeque<Output>,
+    next_scan: Instant,
+    next_sys: Option<Instant>,
+    stats: Stats,
+    /// Scratch space for `Router::route`, kept to avoid an allocation per message.
+    route_buf: Vec<Route<SessionId>>,
 }
 
 impl Broker {
     /// A broker with `config`, started at `now` (for `$SYS/broker/uptime`).
     pub fn new(config: BrokerConfig, now: Instant) -> Self {
-        let _ = now;
-        Broker { _config: config }
+        let next_sys = (config.sys_interval > 0).then_some(now);
+        Broker {
+            config,
+            started_at: now,
+            next_conn: 0,
+            next_session: 0,
+            conns: HashMap::new(),
+            sessions: HashMap::new(),
+            by_client_id: HashMap::new(),
+            router: Router::default(),
+            retained: RetainedStore::default(),
+            wills: Vec::new(),
+            outputs: VecDeque::new(),
+            next_scan: now + SCAN_INTERVAL,
+            next_sys,
+            stats: Stats::default(),
+            route_buf: Vec::new(),
+        }
+    }
+
+    /// The configuration the broker runs with.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// A connection was accepted. The client must send CONNECT before the connect
     /// timeout, or it is closed.
     pub fn handle_open(&mut self, now: Instant) -> ConnId {
-        let _ = now;
-        todo!()
+        self.next_conn += 1;
+        let id = ConnId(self.next_conn);
+        self.conns.insert(id, Connection::new(now));
+        id
     }
 
     /// A packet was decoded from `conn`.
     pub fn handle_packet(&mut self, conn: ConnId, packet: Packet, now: Instant) {
-        let _ = (conn, packet, now);
-        todo!()
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.last_activity = now;
+        match c.phase {
+            ConnPhase::Closing => {}
+            ConnPhase::AwaitingConnect => match packet {
+                Packet::Connect(connect) => self.handle_connect(conn, *connect, now),
+                other => {
+                    tracing::info!(?conn, packet = packet_name(&other), "first packet is not CONNECT");
+                    self.close(conn, None, now);
+                }
+            },
+            ConnPhase::Connected(sid) => self.handle_connected_packet(conn, sid, packet, now),
+        }
+    }
+
+    fn handle_connected_packet(&mut self, conn: ConnId, sid: SessionId, packet: Packet, now: Instant) {
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(conn, sid, publish, now),
+            Packet::PubAck(ack) => self.handle_puback(conn, sid, ack.packet_id, now),
+            Packet::PubRec(rec) => self.handle_pubrec(conn, sid, rec, now),
+            Packet::PubRel(rel) => self.handle_pubrel(conn, sid, rel.packet_id),
+            Packet::PubComp(comp) => self.handle_pubcomp(conn, sid, comp.packet_id, now),
+            Packet::Subscribe(sub) => self.handle_subscribe(conn, sid, sub, now),
+            Packet::Unsubscribe(unsub) => self.handle_unsubscribe(conn, sid, unsub),
+            Packet::PingReq => self.send(conn, Packet::PingResp),
+            Packet::Disconnect(d) => self.handle_disconnect(conn, sid, d, now),
+            Packet::Connect(_) => {
+                tracing::info!(?conn, "second CONNECT on a connection");
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+            Packet::Auth(_) => {
+                // Enhanced authentication is not offered (no method is ever accepted at
+                // CONNECT), so any AUTH is out of sequence.
+                tracing::info!(?conn, "AUTH without an authentication method");
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+            other @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                tracing::info!(?conn, packet = packet_name(&other), "server-only packet from a client");
+                self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+            }
+        }
     }
 
     /// The bytes from `conn` could not be decoded: answer with the protocol's error
     /// (v5 DISCONNECT / CONNACK with the reason code where possible) and close.
     pub fn handle_decode_error(&mut self, conn: ConnId, error: &DecodeError, now: Instant) {
-        let _ = (conn, error, now);
-        todo!()
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        tracing::info!(?conn, %error, "bad packet; closing the connection");
+        match (c.phase, error) {
+            (ConnPhase::AwaitingConnect, DecodeError::UnsupportedProtocol(_)) => {
+                // A 3.1.1-shaped CONNACK is what any client version can read.
+                let ack = crate::mqtt::packet::ConnAck {
+                    reason_code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    ..Default::default()
+                };
+                self.send(conn, Packet::ConnAck(ack));
+                self.close(conn, None, now);
+            }
+            _ => self.close(conn, Some(error.reason_code()), now),
+        }
     }
 
-    /// The socket of `conn` closed (EOF, error, or after an `Output::Close`).
-    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
-        let _ = (conn, now);
-        todo!()
+    /// Sends DISCONNECT 0x8B (server shutting down) to v5 clients and closes every
+    /// connection. Wills are published as for any connection the server closes.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            self.close(conn, Some(0x8B), now);
+        }
     }
 
     /// Time has passed: enforce keep-alives, send delayed wills, expire sessions and
     /// messages, publish `$SYS` counters.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let _ = now;
-        todo!()
+        if now >= self.next_scan {
+            self.next_scan = now + SCAN_INTERVAL;
+            self.scan_connections(now);
+            self.expire_sessions(now);
+        }
+        self.fire_wills(now);
+        if let Some(at) = self.next_sys {
+            if now >= at {
+                self.publish_sys(now);
+                self.next_sys = Some(now + Duration::from_secs(u64::from(self.config.sys_interval)));
+            }
+        }
     }
 
     /// The next thing for the I/O layer to do.
     pub fn poll_output(&mut self) -> Option<Output> {
-        todo!()
+        self.outputs.pop_front()
     }
 
     /// When `handle_timeout` should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
+        let mut next = self.next_scan;
+        if let Some(sys) = self.next_sys {
+            next = next.min(sys);
+        }
+        if let Some(will) = self.wills.iter().map(|w| w.at).min() {
+            next = next.min(will);
+        }
+        Some(next)
+    }
+
+    fn scan_connections(&mut self, now: Instant) {
+        let connect_timeout = Duration::from_secs(u64::from(self.config.connect_timeout));
+        let mut expired = Vec::new();
+        for (id, c) in &self.conns {
+            match c.phase {
+                ConnPhase::AwaitingConnect if now.duration_since(c.opened_at) >= connect_timeout => {
+                    expired.push((*id, None));
+                }
+                ConnPhase::Connected(_) => {
+                    if let Some(timeout) = c.keep_alive_timeout {
+                        if now.duration_since(c.last_activity) >= timeout {
+                            expired.push((*id, Some(reason::KEEP_ALIVE_TIMEOUT)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (id, reason_code) in expired {
+            tracing::info!(conn = ?id, "no packet within the keep-alive or connect timeout; closing");
+            self.close(id, reason_code, now);
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        self.outputs.push_back(Output::Send(conn, packet));
+    }
+
+    /// Closes `conn` from our side: a v5 DISCONNECT with `reason_code` first when the
+    /// client is connected with v5. The will is kept: a server-side close is abnormal.
+    fn close(&mut self, conn: ConnId, reason_code: Option<u8>, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let was_connected = matches!(c.phase, ConnPhase::Connected(_));
+        if c.phase == ConnPhase::Closing {
+            return;
+        }
+        let v5 = c.version.is_v5();
+        // Detach now so nothing more is delivered to a socket that is going away.
+        self.detach(conn, now);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = ConnPhase::Closing;
+        }
+        if let (true, true, Some(code)) = (was_connected, v5, reason_code) {
+            self.send(conn, Packet::Disconnect(Disconnect::with_reason(code)));
+        }
+        self.outputs.push_back(Output::Close(conn));
+    }
+}
+
+/// Name of a packet type for log lines.
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect(_) => "DISCONNECT",
+        Packet::Auth(_) => "AUTH",
     }
 }

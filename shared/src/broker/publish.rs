@@ -1,0 +1,323 @@
+//! PUBLISH in and out: topic aliases, validation, the inbound QoS 1/2 handshakes,
+//! routing to subscribers (one delivery per session at the highest matching QoS),
+//! the outbound in-flight window, the bounded per-session queue, and acknowledgements.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::connection::{ConnId, Connection};
+use super::session::{Delivery, Inflight, InflightState, SessionId};
+use super::{Broker, Output};
+use crate::message::{Message, QoS};
+use crate::mqtt::codec::encoded_len;
+use crate::mqtt::packet::{Packet, PubResponse, Publish, PublishProperties};
+use crate::mqtt::reason;
+use crate::mqtt::topic::valid_topic_name;
+
+impl Broker {
+    pub(super) fn handle_publish(&mut self, conn: ConnId, sid: SessionId, mut publish: Publish, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            if alias == 0 || alias > self.config.topic_alias_maximum {
+                tracing::info!(?conn, alias, "topic alias out of range");
+                return self.close(conn, Some(reason::TOPIC_ALIAS_INVALID), now);
+            }
+            if publish.topic.is_empty() {
+                match c.inbound_aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => {
+                        tracing::info!(?conn, alias, "unknown topic alias");
+                        return self.close(conn, Some(reason::PROTOCOL_ERROR), now);
+                    }
+                }
+            } else {
+                c.inbound_aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        if !valid_topic_name(&publish.topic, self.config.max_topic_levels) {
+            tracing::info!(?conn, topic = %publish.topic, "invalid topic name in PUBLISH");
+            return self.close(conn, Some(reason::TOPIC_NAME_INVALID), now);
+        }
+        if publish.retain && !self.config.retain_available {
+            return self.close(conn, Some(0x9A), now);
+        }
+        let packet_id = match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => 0,
+            (_, Some(id)) => id,
+            (_, None) => return self.close(conn, Some(reason::PROTOCOL_ERROR), now),
+        };
+        if publish.qos == QoS::ExactlyOnce {
+            let Some(session) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            if session.incoming_qos2.contains(&packet_id) {
+                // A resend of a message we already routed: acknowledge again, route never twice.
+                return self.send(conn, Packet::PubRec(PubResponse::new(packet_id)));
+            }
+            if session.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+                tracing::info!(?conn, "client exceeded our receive maximum");
+                return self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
+            }
+            session.incoming_qos2.insert(packet_id);
+        }
+        let origin = match self.sessions.get(&sid) {
+            Some(s) => s.client_id.clone(),
+            None => return,
+        };
+        let qos = publish.qos;
+        let msg = message_from_publish(publish, origin, now);
+        self.stats.messages_received += 1;
+        self.publish_message(msg, now);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(conn, Packet::PubAck(PubResponse::new(packet_id))),
+            QoS::ExactlyOnce => self.send(conn, Packet::PubRec(PubResponse::new(packet_id))),
+        }
+    }
+
+    /// Stores `msg` as retained if flagged, then routes it.
+    pub(super) fn publish_message(&mut self, msg: Message, now: Instant) {
+        let msg = Arc::new(msg);
+        if msg.retain && self.config.retain_available {
+            self.retained.set(Arc::clone(&msg));
+        }
+        self.route_message(&msg, now);
+    }
+
+    /// Delivers `msg` to every matching session once, at the highest QoS of its
+    /// matching subscriptions, with all their subscription identifiers.
+    fn route_message(&mut self, msg: &Arc<Message>, now: Instant) {
+        let mut routes = std::mem::take(&mut self.route_buf);
+        routes.clear();
+        self.router.route(&msg.topic, &mut routes);
+        if routes.len() > 1 {
+            routes.sort_unstable_by_key(|r| r.subscriber);
+        }
+        let mut i = 0;
+        while i < routes.len() {
+            let sid = routes[i].subscriber;
+            let mut qos = None;
+            let mut retain = false;
+            let mut subscription_ids = Vec::new();
+            while i < routes.len() && routes[i].subscriber == sid {
+                let sub = routes[i].subscription;
+                i += 1;
+                if sub.options.no_local && self.sessions.get(&sid).is_some_and(|s| s.client_id == msg.origin) {
+                    continue;
+                }
+                qos = qos.max(Some(sub.options.qos.min(msg.qos)));
+                retain |= sub.options.retain_as_published && msg.retain;
+                subscription_ids.extend(sub.identifier);
+            }
+            if let Some(qos) = qos {
+                self.deliver(sid, Delivery { msg: Arc::clone(msg), qos, retain, subscription_ids }, now);
+            }
+        }
+        self.route_buf = routes;
+    }
+
+    /// Sends `d` now if the session is online and its window allows, else queues it
+    /// (QoS 0 is not queued for offline sessions, as in Mosquitto's default).
+    pub(super) fn deliver(&mut self, sid: SessionId, d: Delivery, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(conn) = session.conn else {
+            if d.qos != QoS::AtMostOnce {
+                self.enqueue(sid, d);
+            }
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if d.qos == QoS::AtMostOnce {
+            if let Some(p) = publish_packet(c, &d, None, false, now) {
+                self.stats.messages_sent += 1;
+                self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
+            }
+            return;
+        }
+        if session.inflight.len() >= usize::from(c.send_window) || !session.queue.is_empty() {
+            return self.enqueue(sid, d);
+        }
+        let packet_id = session.allocate_packet_id();
+        if let Some(p) = publish_packet(c, &d, Some(packet_id), false, now) {
+            let state = if d.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+            session.inflight.push_back(Inflight { packet_id, state, delivery: d });
+            self.stats.messages_sent += 1;
+            self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
+        }
+    }
+
+    fn enqueue(&mut self, sid: SessionId, d: Delivery) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if session.queue.len() >= self.config.max_queued_messages {
+            self.stats.messages_dropped += 1;
+            if self.stats.messages_dropped.is_power_of_two() {
+                tracing::warn!(client_id = %session.client_id, dropped = self.stats.messages_dropped, "session queue full; dropping messages");
+            }
+            return;
+        }
+        session.queue.push_back(d);
+    }
+
+    /// Moves queued deliveries into the in-flight window while it has room.
+    pub(super) fn pump(&mut self, sid: SessionId, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(conn) = session.conn else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        while session.inflight.len() < usize::from(c.send_window) {
+            let Some(d) = session.queue.pop_front() else {
+                break;
+            };
+            let packet_id = (d.qos != QoS::AtMostOnce).then(|| session.allocate_packet_id());
+            let Some(p) = publish_packet(c, &d, packet_id, false, now) else {
+                continue;
+            };
+            if let Some(packet_id) = packet_id {
+                let state = if d.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+                session.inflight.push_back(Inflight { packet_id, state, delivery: d });
+            }
+            self.stats.messages_sent += 1;
+            self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
+        }
+    }
+
+    pub(super) fn handle_puback(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, now: Instant) {
+        self.complete(conn, sid, packet_id, InflightState::AwaitPubAck, now);
+    }
+
+    pub(super) fn handle_pubcomp(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, now: Instant) {
+        self.complete(conn, sid, packet_id, InflightState::AwaitPubComp, now);
+    }
+
+    fn complete(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, state: InflightState, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        match session.find_inflight(packet_id, state) {
+            Some(pos) => {
+                session.inflight.remove(pos);
+                self.pump(sid, now);
+            }
+            None => tracing::debug!(?conn, packet_id, "acknowledgement for an unknown packet id"),
+        }
+    }
+
+    pub(super) fn handle_pubrec(&mut self, conn: ConnId, sid: SessionId, rec: PubResponse, now: Instant) {
+        let v5 = self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let id = rec.packet_id;
+        if let Some(pos) = session.find_inflight(id, InflightState::AwaitPubRec) {
+            if rec.reason_code >= 0x80 {
+                // The client refused the message: the flow ends here (MQTT 5 §4.3.3).
+                session.inflight.remove(pos);
+                return self.pump(sid, now);
+            }
+            session.inflight[pos].state = InflightState::AwaitPubComp;
+            return self.send(conn, Packet::PubRel(PubResponse::new(id)));
+        }
+        let code = if session.find_inflight(id, InflightState::AwaitPubComp).is_some() || !v5 {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(conn, Packet::PubRel(PubResponse::with_reason(id, code)));
+    }
+
+    pub(super) fn handle_pubrel(&mut self, conn: ConnId, sid: SessionId, packet_id: u16) {
+        let v5 = self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let code = if session.incoming_qos2.remove(&packet_id) || !v5 {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(conn, Packet::PubComp(PubResponse::with_reason(packet_id, code)));
+    }
+}
+
+/// The routed form of an inbound PUBLISH: per-hop properties (alias, subscription
+/// ids) dropped, the expiry interval lifted out so it can count down.
+pub(super) fn message_from_publish(publish: Publish, origin: bytestring::ByteString, now: Instant) -> Message {
+    let mut properties = publish.properties;
+    properties.topic_alias = None;
+    properties.subscription_identifiers.clear();
+    let expiry_interval = properties.message_expiry_interval.take();
+    Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos: publish.qos,
+        retain: publish.retain,
+        properties,
+        expiry_interval,
+        received_at: now,
+        origin,
+    }
+}
+
+/// The PUBLISH that carries `d` on connection `c`, or `None` when the message has
+/// expired or exceeds the client's maximum packet size (both count as delivered:
+/// MQTT 5 §3.3.2.3.3 and §3.1.2.11.4). Assigns an outbound topic alias when the
+/// client allows one; a resend (`dup`) always carries the full topic.
+pub(super) fn publish_packet(c: &mut Connection, d: &Delivery, packet_id: Option<u16>, dup: bool, now: Instant) -> Option<Publish> {
+    let msg = &d.msg;
+    let remaining = msg.remaining_expiry(now);
+    if remaining == Some(0) {
+        return None;
+    }
+    let properties = if c.version.is_v5() {
+        let mut p = msg.properties.clone();
+        p.message_expiry_interval = remaining;
+        p.subscription_identifiers.clone_from(&d.subscription_ids);
+        p
+    } else {
+        PublishProperties::default()
+    };
+    let mut publish = Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: msg.topic.clone(),
+        packet_id,
+        properties,
+        payload: msg.payload.clone(),
+    };
+    if c.client_max_packet_size != u32::MAX {
+        let packet = Packet::Publish(publish);
+        if encoded_len(&packet, c.version) > c.client_max_packet_size as usize {
+            return None;
+        }
+        let Packet::Publish(p) = packet else {
+            unreachable!("constructed as a PUBLISH two lines above")
+        };
+        publish = p;
+    }
+    if c.client_topic_alias_max > 0 && !dup {
+        if let Some(&alias) = c.outbound_aliases.get(&publish.topic) {
+            publish.properties.topic_alias = Some(alias);
+            publish.topic = bytestring::ByteString::new();
+        } else if c.outbound_aliases.len() < usize::from(c.client_topic_alias_max) {
+            // Invariant: len < client_topic_alias_max ≤ u16::MAX, so len + 1 fits.
+            let alias = (c.outbound_aliases.len() + 1) as u16;
+            c.outbound_aliases.insert(publish.topic.clone(), alias);
+            publish.properties.topic_alias = Some(alias);
+        }
+    }
+    Some(publish)
+}

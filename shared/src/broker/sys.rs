@@ -1,0 +1,53 @@
+//! `$SYS/broker/...`: counters published as retained messages every `sys_interval`
+//! seconds, with Mosquitto's topic names so existing dashboards work.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use super::Broker;
+use crate::message::{Message, QoS};
+
+/// Counters since the broker started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections that completed CONNECT and are still open.
+    pub clients_connected: u64,
+    /// PUBLISHes received from clients (wills included).
+    pub messages_received: u64,
+    /// PUBLISHes sent to clients (resends included).
+    pub messages_sent: u64,
+    /// Messages dropped because a session queue was full.
+    pub messages_dropped: u64,
+}
+
+impl Broker {
+    pub(super) fn publish_sys(&mut self, now: Instant) {
+        let uptime = now.saturating_duration_since(self.started_at).as_secs();
+        let values = [
+            ("$SYS/broker/version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
+            ("$SYS/broker/uptime", format!("{uptime} seconds")),
+            ("$SYS/broker/clients/connected", self.stats.clients_connected.to_string()),
+            ("$SYS/broker/clients/total", self.sessions.len().to_string()),
+            ("$SYS/broker/messages/received", self.stats.messages_received.to_string()),
+            ("$SYS/broker/messages/sent", self.stats.messages_sent.to_string()),
+            ("$SYS/broker/messages/dropped", self.stats.messages_dropped.to_string()),
+            ("$SYS/broker/subscriptions/count", self.router.len().to_string()),
+            ("$SYS/broker/retained messages/count", self.retained.len().to_string()),
+        ];
+        for (topic, value) in values {
+            let msg = Message {
+                topic: ByteString::from_static(topic),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: Default::default(),
+                expiry_interval: None,
+                received_at: now,
+                origin: ByteString::from_static("$SYS"),
+            };
+            self.publish_message(msg, now);
+        }
+    }
+}
