@@ -1,1 +1,170 @@
-//! `tern-edge`: the gateway broker (work in progress).
+//! `tern-edge`: the gateway broker, as a library so that tests and benchmarks can embed
+//! it in-process.
+//!
+//! [`Edge::start`] binds the configured listeners around one sans-IO broker from
+//! `tern-core`; [`run`] does that and serves until SIGTERM or SIGINT. The binary
+//! (`main.rs`) only parses arguments, loads the [`EdgeConfig`], sets up logging and
+//! calls [`run`]. The tokio code here only moves bytes; every protocol decision is the
+//! broker's.
+
+pub mod config;
+mod connection;
+mod listener;
+mod logging;
+mod server;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, ConfigSources, EdgeConfig};
+pub use logging::{init_logging, LoggingError};
+
+/// How long connections get to flush and close at shutdown before they are cut off.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+
+/// Why the edge could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {scheme}://{addr}: {error}")]
+    Bind {
+        /// URL scheme of the listener.
+        scheme: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The I/O error.
+        error: io::Error,
+    },
+    /// A signal handler could not be installed.
+    #[error("cannot handle {signal}: {error}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// The I/O error.
+        error: io::Error,
+    },
+}
+
+/// A running edge broker: its listeners, its broker and its timer.
+///
+/// Dropping it without [`Edge::shutdown`] signals shutdown but does not wait.
+pub struct Edge {
+    shutdown: watch::Sender<bool>,
+    listeners: Vec<listener::Bound>,
+    timer: Option<JoinHandle<()>>,
+}
+
+impl Edge {
+    /// Binds the listeners of `config` and starts serving (within a tokio runtime).
+    pub async fn start(config: EdgeConfig) -> Result<Edge, EdgeError> {
+        let (shutdown, signal) = watch::channel(false);
+        let server = server::Server::new(config.mqtt, signal);
+        let listeners = listener::start(&config.listeners, &server).await?;
+        let timer = Some(tokio::spawn(server.run_timer()));
+        Ok(Edge {
+            shutdown,
+            listeners,
+            timer,
+        })
+    }
+
+    /// The address of the plain MQTT (TCP) listener, if enabled.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.scheme == "mqtt")
+            .map(|l| l.local_addr)
+    }
+
+    /// Every bound listener as `(scheme, address)`.
+    pub fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.scheme, l.local_addr))
+            .collect()
+    }
+
+    /// Serves until `stop` completes, then shuts down.
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) {
+        stop.await;
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, closes every connection (flushing what was queued for it), and
+    /// waits for them, at most about 1.5 s.
+    pub async fn shutdown(&mut self) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown.send(true);
+        let mut tasks: Vec<JoinHandle<()>> = self
+            .listeners
+            .drain(..)
+            .map(|l| l.task)
+            .chain(self.timer.take())
+            .collect();
+        let wait_all = async {
+            for task in &mut tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, wait_all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not close in time; cutting them off");
+            for task in &tasks {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Runs the edge with `config` until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: EdgeConfig) -> Result<(), EdgeError> {
+    // Handlers first, so a signal during start-up is not lost.
+    let stop = stop_signal()?;
+    let edge = Edge::start(config).await?;
+    edge.run_until(stop).await;
+    Ok(())
+}
+
+/// A future that completes on SIGTERM or SIGINT (Ctrl-C).
+#[cfg(unix)]
+fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|error| EdgeError::Signal {
+        signal: "SIGTERM",
+        error,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|error| EdgeError::Signal {
+        signal: "SIGINT",
+        error,
+    })?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::debug!("received SIGTERM"),
+            _ = int.recv() => tracing::debug!("received SIGINT"),
+        }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
+    Ok(async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot wait for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    })
+}

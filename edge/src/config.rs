@@ -1,0 +1,652 @@
+//! The edge's configuration: the model (`EdgeConfig`) and how it is assembled.
+//!
+//! Layers, lowest first; each later layer overrides single keys of the earlier ones:
+//!
+//! 1. the built-in profile (`profiles/*.toml`, embedded in the binary): the one named by
+//!    `--profile NAME`, or `edge-gateway` when no profile is given or it is a path;
+//! 2. the profile file given as `--profile PATH`;
+//! 3. the file given as `--config FILE`;
+//! 4. the environment: `TERN_<SECTION>__<KEY>`, with `__` between nesting levels, for
+//!    example `TERN_LISTENERS__TCP__BIND=127.0.0.1:1884` or `TERN_MQTT__MAX_PACKET_SIZE=2048`.
+//!    Numbers and booleans are parsed from the strings.
+//!
+//! Every layer is first checked on its own against the model, so an unknown key or a bad
+//! value is reported with the layer it came from ("unknown field `bnd` ... for key
+//! `listeners.tcp` in config file `edge.toml`").
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+use tern_core::broker::BrokerConfig;
+
+/// The built-in profiles: name, one-line description, TOML text.
+pub const PROFILES: &[(&str, &str, &str)] = &[
+    (
+        "edge-gateway",
+        "default: a gateway serving up to a few thousand devices",
+        include_str!("../../profiles/edge-gateway.toml"),
+    ),
+    (
+        "edge-minimal",
+        "tight limits for a device with about 64 MiB of RAM",
+        include_str!("../../profiles/edge-minimal.toml"),
+    ),
+    (
+        "dev",
+        "local development: 127.0.0.1 only, debug logging",
+        include_str!("../../profiles/dev.toml"),
+    ),
+];
+
+/// The profile used when `--profile` is not given (and the base under a profile file).
+pub const DEFAULT_PROFILE: &str = "edge-gateway";
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "TERN";
+
+/// Separator between nesting levels in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole configuration of a `tern-edge` process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This node: identity and where it keeps its data.
+    pub node: NodeConfig,
+    /// Network listeners for MQTT clients.
+    pub listeners: ListenersConfig,
+    /// Broker limits and capabilities (the `[mqtt]` section).
+    pub mqtt: BrokerConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The `[node]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Directory for the persistent store (sessions, retained messages, bridge outbox).
+    pub data_dir: PathBuf,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./tern-data"),
+        }
+    }
+}
+
+/// The `[listeners]` section: one sub-section per transport (TLS and WebSocket later).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenersConfig {
+    /// Plain MQTT over TCP.
+    pub tcp: TcpListenerConfig,
+}
+
+/// The `[listeners.tcp]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpListenerConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address and port to bind (port 0 picks a free port).
+    pub bind: SocketAddr,
+}
+
+impl Default for TcpListenerConfig {
+    fn default() -> Self {
+        TcpListenerConfig {
+            enabled: true,
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883)),
+        }
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`info`) or directives (`info,tern_edge=debug`).
+    /// `RUST_LOG`, when set, replaces it.
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        match name.to_ascii_lowercase().as_str() {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "unknown log format {name:?}, expected \"human\" or \"json\""
+            )),
+        }
+    }
+}
+
+/// Where the configuration comes from (the command line, plus the environment).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// `--profile`: a built-in profile name or a path to a TOML file.
+    pub profile: Option<String>,
+    /// `--config`: a TOML file applied over the profile.
+    pub config_file: Option<PathBuf>,
+    /// The environment to read `TERN_*` from; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+}
+
+/// Why the configuration could not be assembled. Shown to the user as is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--profile` named no built-in profile and no existing file.
+    #[error(
+        "unknown profile `{name}`: built-in profiles are {}; \
+         to use a file, pass its path (e.g. ./{name}.toml)",
+        profile_names()
+    )]
+    UnknownProfile {
+        /// What was asked for.
+        name: String,
+    },
+    /// A file could not be read.
+    #[error("cannot read {origin}: {error}")]
+    Read {
+        /// Which layer.
+        origin: Origin,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// A layer is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Which layer.
+        origin: Origin,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The assembled configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Semantic(String),
+}
+
+/// One layer of the configuration, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An embedded profile.
+    BuiltIn(&'static str),
+    /// `--profile PATH`.
+    ProfileFile(PathBuf),
+    /// `--config FILE`.
+    ConfigFile(PathBuf),
+    /// `TERN_*` variables.
+    Environment,
+    /// All layers together.
+    Merged,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::BuiltIn(name) => write!(f, "built-in profile `{name}`"),
+            Origin::ProfileFile(path) => write!(f, "profile file `{}`", path.display()),
+            Origin::ConfigFile(path) => write!(f, "config file `{}`", path.display()),
+            Origin::Environment => {
+                write!(
+                    f,
+                    "the environment ({ENV_PREFIX}_* variables, `{ENV_SEPARATOR}` between levels)"
+                )
+            }
+            Origin::Merged => write!(f, "the merged configuration"),
+        }
+    }
+}
+
+/// The names of the built-in profiles, comma separated.
+pub fn profile_names() -> String {
+    PROFILES
+        .iter()
+        .map(|(name, _, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The TOML text of the built-in profile `name`.
+pub fn builtin_profile(name: &str) -> Option<(&'static str, &'static str)> {
+    PROFILES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(n, _, text)| (*n, *text))
+}
+
+/// One source, kept with its origin so that errors can name it.
+struct Layer {
+    origin: Origin,
+    source: Box<dyn config::Source + Send + Sync>,
+}
+
+impl EdgeConfig {
+    /// Assembles the configuration from `sources` (see the module doc for the order).
+    pub fn load(sources: &ConfigSources) -> Result<EdgeConfig, ConfigError> {
+        let layers = layers(sources)?;
+        for layer in &layers {
+            // Each layer alone must already fit the model: this is what lets an error
+            // name the file or the environment it came from.
+            let single = Config::builder().add_source(vec![layer.source.clone_into_box()]);
+            build(single, &layer.origin)?;
+        }
+        let all: Vec<_> = layers.into_iter().map(|layer| layer.source).collect();
+        let merged = Config::builder().add_source(all);
+        let config = build(merged, &Origin::Merged)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listeners.tcp.enabled {
+            return Err(ConfigError::Semantic(
+                "no listener is enabled (set `listeners.tcp.enabled = true`)".to_owned(),
+            ));
+        }
+        if self.mqtt.max_packet_size < 64 {
+            return Err(ConfigError::Semantic(format!(
+                "`mqtt.max_packet_size` = {} is too small to carry a CONNECT (at least 64)",
+                self.mqtt.max_packet_size
+            )));
+        }
+        if self.mqtt.receive_maximum == 0 {
+            return Err(ConfigError::Semantic(
+                "`mqtt.receive_maximum` must be at least 1 (MQTT 5 forbids 0)".to_owned(),
+            ));
+        }
+        if self.mqtt.max_inflight == 0 {
+            return Err(ConfigError::Semantic(
+                "`mqtt.max_inflight` must be at least 1".to_owned(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return Err(ConfigError::Semantic(format!(
+                "`log.level` = {:?} is not a valid filter ({e}); use a level such as \
+                 \"info\" or directives such as \"info,tern_edge=debug\"",
+                self.log.level
+            )));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+/// The layers named by `sources`, lowest first.
+fn layers(sources: &ConfigSources) -> Result<Vec<Layer>, ConfigError> {
+    let mut layers = Vec::with_capacity(4);
+    let builtin = |name: &'static str, text: &'static str| Layer {
+        origin: Origin::BuiltIn(name),
+        source: Box::new(File::from_str(text, FileFormat::Toml)),
+    };
+    match sources.profile.as_deref() {
+        None => {
+            let (name, text) = default_profile();
+            layers.push(builtin(name, text));
+        }
+        Some(arg) => match builtin_profile(arg) {
+            Some((name, text)) => layers.push(builtin(name, text)),
+            None if looks_like_path(arg) => {
+                let (name, text) = default_profile();
+                layers.push(builtin(name, text));
+                let path = PathBuf::from(arg);
+                layers.push(file_layer(Origin::ProfileFile(path.clone()), &path)?);
+            }
+            None => {
+                return Err(ConfigError::UnknownProfile {
+                    name: arg.to_owned(),
+                })
+            }
+        },
+    }
+    if let Some(path) = &sources.config_file {
+        layers.push(file_layer(Origin::ConfigFile(path.clone()), path)?);
+    }
+    let mut env = Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("_")
+        .separator(ENV_SEPARATOR)
+        .try_parsing(true);
+    if let Some(vars) = &sources.env {
+        env = env.source(Some(vars.clone().into_iter().collect()));
+    }
+    layers.push(Layer {
+        origin: Origin::Environment,
+        source: Box::new(env),
+    });
+    Ok(layers)
+}
+
+fn default_profile() -> (&'static str, &'static str) {
+    // Invariant: DEFAULT_PROFILE is one of PROFILES (checked by a unit test).
+    builtin_profile(DEFAULT_PROFILE).expect("the default profile is built in")
+}
+
+/// A `--profile` argument that is not a built-in name is a path if it looks like one.
+fn looks_like_path(arg: &str) -> bool {
+    arg.contains(std::path::MAIN_SEPARATOR)
+        || arg.contains('/')
+        || arg.ends_with(".toml")
+        || Path::new(arg).is_file()
+}
+
+fn file_layer(origin: Origin, path: &Path) -> Result<Layer, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Layer {
+            origin,
+            source: Box::new(File::from_str(&text, FileFormat::Toml)),
+        }),
+        Err(error) => Err(ConfigError::Read { origin, error }),
+    }
+}
+
+fn build(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    origin: &Origin,
+) -> Result<EdgeConfig, ConfigError> {
+    let invalid = |e: config::ConfigError| ConfigError::Invalid {
+        origin: origin.clone(),
+        message: describe(e),
+    };
+    builder
+        .build()
+        .map_err(invalid)?
+        .try_deserialize::<EdgeConfig>()
+        .map_err(invalid)
+}
+
+/// The `config` crate's message, without a trailing origin of its own (we add ours).
+fn describe(error: config::ConfigError) -> String {
+    let text = error.to_string();
+    // Sources built from strings carry no origin, and the environment calls itself
+    // "the environment"; strip that so the origin is named once.
+    let text = text.trim_end();
+    text.strip_suffix(" in the environment")
+        .unwrap_or(text)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn sources(
+        profile: Option<&str>,
+        config_file: Option<&Path>,
+        vars: &[(&str, &str)],
+    ) -> ConfigSources {
+        ConfigSources {
+            profile: profile.map(str::to_owned),
+            config_file: config_file.map(Path::to_path_buf),
+            env: env(vars),
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tern-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    fn load_err(sources: &ConfigSources) -> String {
+        match EdgeConfig::load(sources) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn default_profile_is_built_in() {
+        assert!(builtin_profile(DEFAULT_PROFILE).is_some());
+    }
+
+    #[test]
+    fn every_builtin_profile_loads() {
+        for (name, _, _) in PROFILES {
+            let config = EdgeConfig::load(&sources(Some(name), None, &[]))
+                .unwrap_or_else(|e| panic!("profile {name}: {e}"));
+            assert!(config.listeners.tcp.enabled, "{name}");
+        }
+    }
+
+    /// Every option of the model is written out (with its comment) in every profile,
+    /// so that a profile documents all the knobs. A new option needs a line in each.
+    #[test]
+    fn every_profile_mentions_every_option() {
+        fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let toml::Value::Table(table) = value {
+                for (k, v) in table {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    if v.is_table() {
+                        keys(v, &path, out);
+                    } else {
+                        out.push(path);
+                    }
+                }
+            }
+        }
+        let model = toml::Value::try_from(EdgeConfig::default()).expect("model serializes");
+        let mut expected = Vec::new();
+        keys(&model, "", &mut expected);
+        for (name, _, text) in PROFILES {
+            let profile: toml::Value = toml::from_str(text).expect("profile parses");
+            let mut present = Vec::new();
+            keys(&profile, "", &mut present);
+            let missing: Vec<_> = expected.iter().filter(|k| !present.contains(k)).collect();
+            assert!(missing.is_empty(), "profile {name} lacks {missing:?}");
+        }
+    }
+
+    #[test]
+    fn no_profile_means_edge_gateway() {
+        let config = EdgeConfig::load(&sources(None, None, &[])).expect("loads");
+        let gateway = EdgeConfig::load(&sources(Some("edge-gateway"), None, &[])).expect("loads");
+        assert_eq!(config, gateway);
+        assert_eq!(
+            config.listeners.tcp.bind,
+            "0.0.0.0:1883".parse().expect("addr")
+        );
+    }
+
+    #[test]
+    fn named_profiles_differ() {
+        let minimal = EdgeConfig::load(&sources(Some("edge-minimal"), None, &[])).expect("loads");
+        let gateway = EdgeConfig::load(&sources(None, None, &[])).expect("loads");
+        assert!(minimal.mqtt.max_packet_size < gateway.mqtt.max_packet_size);
+        assert!(minimal.mqtt.max_queued_messages < gateway.mqtt.max_queued_messages);
+        let dev = EdgeConfig::load(&sources(Some("dev"), None, &[])).expect("loads");
+        assert!(dev.listeners.tcp.bind.ip().is_loopback());
+        assert_eq!(dev.log.level, "debug");
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        // built-in < profile file < --config < environment, key by key.
+        let profile = temp_file(
+            "layers-profile.toml",
+            "[mqtt]\nmax_packet_size = 1000\nreceive_maximum = 10\nmax_inflight = 7\n\
+             [log]\nlevel = \"warn\"\n",
+        );
+        let config_file = temp_file(
+            "layers-config.toml",
+            "[mqtt]\nreceive_maximum = 20\nmax_inflight = 8\n",
+        );
+        let vars = [("TERN_MQTT__MAX_INFLIGHT", "9"), ("UNRELATED", "x")];
+        let profile_arg = profile.to_str().expect("utf-8 temp path");
+        let config = EdgeConfig::load(&sources(Some(profile_arg), Some(&config_file), &vars))
+            .expect("loads");
+        let builtin = EdgeConfig::load(&sources(None, None, &[])).expect("loads");
+        assert_eq!(config.mqtt.max_packet_size, 1000, "from the profile file");
+        assert_eq!(config.log.level, "warn", "from the profile file");
+        assert_eq!(config.mqtt.receive_maximum, 20, "from --config");
+        assert_eq!(config.mqtt.max_inflight, 9, "from the environment");
+        assert_eq!(
+            config.mqtt.topic_alias_maximum, builtin.mqtt.topic_alias_maximum,
+            "built-in"
+        );
+        assert_eq!(config.listeners, builtin.listeners, "built-in");
+    }
+
+    #[test]
+    fn environment_parses_numbers_bools_and_addresses() {
+        let vars = [
+            ("TERN_LISTENERS__TCP__BIND", "127.0.0.1:1884"),
+            ("TERN_MQTT__MAX_PACKET_SIZE", "2048"),
+            ("TERN_MQTT__RETAIN_AVAILABLE", "false"),
+            ("TERN_LOG__FORMAT", "json"),
+            ("TERN_NODE__DATA_DIR", "/var/lib/tern"),
+        ];
+        let config = EdgeConfig::load(&sources(Some("dev"), None, &vars)).expect("loads");
+        assert_eq!(
+            config.listeners.tcp.bind,
+            "127.0.0.1:1884".parse().expect("addr")
+        );
+        assert_eq!(config.mqtt.max_packet_size, 2048);
+        assert!(!config.mqtt.retain_available);
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.node.data_dir, PathBuf::from("/var/lib/tern"));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let path = temp_file("unknown.toml", "[listeners.tcp]\nbnd = \"127.0.0.1:1\"\n");
+        let msg = load_err(&sources(None, Some(&path), &[]));
+        assert!(msg.contains("unknown field `bnd`"), "{msg}");
+        assert!(msg.contains("listeners.tcp"), "{msg}");
+        assert!(msg.contains("config file"), "{msg}");
+        assert!(msg.contains("unknown.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_mqtt_section() {
+        let path = temp_file("unknown-mqtt.toml", "[mqtt]\nmax_packet_sise = 10\n");
+        let msg = load_err(&sources(Some(path.to_str().expect("utf-8")), None, &[]));
+        assert!(msg.contains("unknown field `max_packet_sise`"), "{msg}");
+        assert!(msg.contains("mqtt"), "{msg}");
+        assert!(msg.contains("profile file"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_env_key_names_environment() {
+        let msg = load_err(&sources(None, None, &[("TERN_LISTENERS__TCP__BND", "1")]));
+        assert!(msg.contains("unknown field `bnd`"), "{msg}");
+        assert!(msg.contains("listeners.tcp"), "{msg}");
+        assert!(msg.contains("environment"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let path = temp_file("bad-value.toml", "[mqtt]\nreceive_maximum = \"lots\"\n");
+        let msg = load_err(&sources(None, Some(&path), &[]));
+        assert!(msg.contains("mqtt.receive_maximum"), "{msg}");
+
+        let path = temp_file("bad-range.toml", "[mqtt]\nreceive_maximum = 70000\n");
+        let msg = load_err(&sources(None, Some(&path), &[]));
+        assert!(msg.contains("mqtt.receive_maximum"), "{msg}");
+
+        let msg = load_err(&sources(
+            None,
+            None,
+            &[("TERN_LISTENERS__TCP__BIND", "nowhere")],
+        ));
+        assert!(msg.contains("listeners.tcp.bind"), "{msg}");
+        assert!(msg.contains("environment"), "{msg}");
+
+        let msg = load_err(&sources(None, None, &[("TERN_LOG__FORMAT", "xml")]));
+        assert!(msg.contains("log.format"), "{msg}");
+    }
+
+    #[test]
+    fn bad_toml_names_the_file() {
+        let path = temp_file("broken.toml", "[mqtt\nmax_packet_size = 1\n");
+        let msg = load_err(&sources(None, Some(&path), &[]));
+        assert!(msg.contains("broken.toml"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let msg = load_err(&sources(None, None, &[("TERN_LOG__LEVEL", "loud=!")]));
+        assert!(msg.contains("log.level"), "{msg}");
+        let msg = load_err(&sources(
+            None,
+            None,
+            &[("TERN_LISTENERS__TCP__ENABLED", "false")],
+        ));
+        assert!(msg.contains("listeners.tcp.enabled"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_profile_lists_builtins() {
+        let msg = load_err(&sources(Some("edge-huge"), None, &[]));
+        assert!(msg.contains("unknown profile `edge-huge`"), "{msg}");
+        assert!(msg.contains("edge-minimal"), "{msg}");
+    }
+
+    #[test]
+    fn missing_files_are_reported() {
+        let msg = load_err(&sources(Some("./does/not/exist.toml"), None, &[]));
+        assert!(msg.contains("cannot read profile file"), "{msg}");
+        let missing = Path::new("/nonexistent/tern.toml");
+        let msg = load_err(&sources(None, Some(missing), &[]));
+        assert!(msg.contains("cannot read config file"), "{msg}");
+    }
+
+    #[test]
+    fn printed_config_loads_back_identically() {
+        let config = EdgeConfig::load(&sources(Some("edge-minimal"), None, &[])).expect("loads");
+        let text = config.to_toml().expect("serializes");
+        let path = temp_file("printed.toml", &text);
+        let again = EdgeConfig::load(&sources(Some("dev"), Some(&path), &[])).expect("loads");
+        assert_eq!(again, config);
+    }
+}
