@@ -1137,6 +1137,11 @@ impl RawClient {
         }
     }
 
+    /// Half-closes the socket (no more bytes from us); reading still works.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
     /// Closes the socket without DISCONNECT (an abnormal close for will purposes).
     pub async fn abort(self) {
         let std = self.stream.into_std().expect("into_std");
