@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tern_edge::config::{ConfigSources, EdgeConfig, ENV_PREFIX, ENV_SEPARATOR, PROFILES};
+use tern_edge::config::{
+    ConfigSources, EdgeConfig, DEFAULT_PROFILE, ENV_PREFIX, ENV_SEPARATOR, PROFILES,
+};
 
 /// Exit code for a bad command line or configuration (as clap uses for usage errors).
 const EXIT_CONFIG: u8 = 2;
@@ -49,6 +51,10 @@ fn after_help() -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let profile = cli
+        .profile
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
     let sources = ConfigSources {
         profile: cli.profile,
         config_file: cli.config,
@@ -77,7 +83,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error, 1),
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "tern-edge starting");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %profile, "tern-edge starting");
     let result = runtime.block_on(tern_edge::run(config));
     runtime.shutdown_timeout(Duration::from_millis(500));
     match result {

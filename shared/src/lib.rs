@@ -9,3 +9,4 @@ pub mod message;
 pub mod mqtt;
 pub mod retained;
 pub mod router;
+pub mod store;
