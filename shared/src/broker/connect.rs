@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use super::connection::{ConnId, ConnPhase};
-use super::session::{InflightState, Session, SessionId};
+use super::session::{Awaiting, Session, SessionId};
 use super::Broker;
 use crate::mqtt::packet::{ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PubResponse};
 use crate::mqtt::reason;
@@ -153,11 +153,11 @@ impl Broker {
         while i < session.inflight.len() {
             let f = &session.inflight[i];
             match f.state {
-                InflightState::AwaitPubComp => {
+                Awaiting::Comp => {
                     self.outputs.push_back(super::Output::Send(conn, Packet::PubRel(PubResponse::new(f.packet_id))));
                     i += 1;
                 }
-                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                Awaiting::Ack | Awaiting::Rec => {
                     match super::publish::publish_packet(c, &f.delivery, Some(f.packet_id), true, now) {
                         Some(p) => {
                             self.stats.messages_sent += 1;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::connection::{ConnId, Connection};
-use super::session::{Delivery, Inflight, InflightState, SessionId};
+use super::session::{Delivery, Inflight, Awaiting, SessionId};
 use super::{Broker, Output};
 use crate::message::{Message, QoS};
 use crate::mqtt::codec::encoded_len;
@@ -145,7 +145,7 @@ impl Broker {
         }
         let packet_id = session.allocate_packet_id();
         if let Some(p) = publish_packet(c, &d, Some(packet_id), false, now) {
-            let state = if d.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+            let state = if d.qos == QoS::AtLeastOnce { Awaiting::Ack } else { Awaiting::Rec };
             session.inflight.push_back(Inflight { packet_id, state, delivery: d });
             self.stats.messages_sent += 1;
             self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
@@ -186,7 +186,7 @@ impl Broker {
                 continue;
             };
             if let Some(packet_id) = packet_id {
-                let state = if d.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+                let state = if d.qos == QoS::AtLeastOnce { Awaiting::Ack } else { Awaiting::Rec };
                 session.inflight.push_back(Inflight { packet_id, state, delivery: d });
             }
             self.stats.messages_sent += 1;
@@ -195,14 +195,14 @@ impl Broker {
     }
 
     pub(super) fn handle_puback(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, now: Instant) {
-        self.complete(conn, sid, packet_id, InflightState::AwaitPubAck, now);
+        self.complete(conn, sid, packet_id, Awaiting::Ack, now);
     }
 
     pub(super) fn handle_pubcomp(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, now: Instant) {
-        self.complete(conn, sid, packet_id, InflightState::AwaitPubComp, now);
+        self.complete(conn, sid, packet_id, Awaiting::Comp, now);
     }
 
-    fn complete(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, state: InflightState, now: Instant) {
+    fn complete(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, state: Awaiting, now: Instant) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -221,16 +221,16 @@ impl Broker {
             return;
         };
         let id = rec.packet_id;
-        if let Some(pos) = session.find_inflight(id, InflightState::AwaitPubRec) {
+        if let Some(pos) = session.find_inflight(id, Awaiting::Rec) {
             if rec.reason_code >= 0x80 {
                 // The client refused the message: the flow ends here (MQTT 5 §4.3.3).
                 session.inflight.remove(pos);
                 return self.pump(sid, now);
             }
-            session.inflight[pos].state = InflightState::AwaitPubComp;
+            session.inflight[pos].state = Awaiting::Comp;
             return self.send(conn, Packet::PubRel(PubResponse::new(id)));
         }
-        let code = if session.find_inflight(id, InflightState::AwaitPubComp).is_some() || !v5 {
+        let code = if session.find_inflight(id, Awaiting::Comp).is_some() || !v5 {
             reason::SUCCESS
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND

@@ -32,22 +32,22 @@ pub(crate) struct Delivery {
     pub(crate) subscription_ids: Vec<u32>,
 }
 
-/// Where an outgoing QoS 1/2 delivery stands.
+/// Which acknowledgement an outgoing QoS 1/2 delivery waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InflightState {
+pub(crate) enum Awaiting {
     /// QoS 1 sent, waiting for PUBACK.
-    AwaitPubAck,
+    Ack,
     /// QoS 2 sent, waiting for PUBREC.
-    AwaitPubRec,
+    Rec,
     /// PUBREL sent, waiting for PUBCOMP (the message itself is no longer needed).
-    AwaitPubComp,
+    Comp,
 }
 
 /// An outgoing QoS 1/2 delivery that the client has not completed yet.
 #[derive(Debug, Clone)]
 pub(crate) struct Inflight {
     pub(crate) packet_id: u16,
-    pub(crate) state: InflightState,
+    pub(crate) state: Awaiting,
     pub(crate) delivery: Delivery,
 }
 
@@ -107,7 +107,7 @@ impl Session {
     }
 
     /// Position of the in-flight delivery with `packet_id` in `state`.
-    pub(crate) fn find_inflight(&self, packet_id: u16, state: InflightState) -> Option<usize> {
+    pub(crate) fn find_inflight(&self, packet_id: u16, state: Awaiting) -> Option<usize> {
         self.inflight.iter().position(|f| f.packet_id == packet_id && f.state == state)
     }
 }

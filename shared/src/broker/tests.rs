@@ -80,11 +80,15 @@ impl Harness {
     fn connect_with(&mut self, connect: Connect) -> (ConnId, ConnAck) {
         let c = self.broker.handle_open(self.now);
         self.send(c, Packet::Connect(Box::new(connect)));
-        let out = self.take(c);
-        match out.first() {
-            Some(Packet::ConnAck(ack)) => (c, ack.clone()),
+        let mut out = self.take(c);
+        let ack = match out.first() {
+            Some(Packet::ConnAck(ack)) => ack.clone(),
             other => panic!("expected CONNACK, got {other:?}"),
-        }
+        };
+        // What follows the CONNACK (resent and queued messages) stays for `take`.
+        out.remove(0);
+        self.inbox.insert(c, out);
+        (c, ack)
     }
 
     fn connect(&mut self, id: &str, version: ProtocolVersion, clean: bool) -> ConnId {
@@ -107,10 +111,15 @@ impl Harness {
                 filters: vec![(filter.into(), opts)],
             }),
         );
-        match self.take(c).first() {
+        let mut out = self.take(c);
+        let codes = match out.first() {
             Some(Packet::SubAck(ack)) => ack.reason_codes.clone(),
             other => panic!("expected SUBACK, got {other:?}"),
-        }
+        };
+        // Retained messages follow the SUBACK; they stay for `take`.
+        out.remove(0);
+        self.inbox.insert(c, out);
+        codes
     }
 
     fn publish(&mut self, c: ConnId, topic: &str, payload: &str, qos: QoS, retain: bool) {
