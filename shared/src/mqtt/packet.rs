@@ -96,7 +96,7 @@ pub struct ConnectProperties {
     pub receive_maximum: Option<u16>,
     /// 0x27 Maximum Packet Size the client accepts.
     pub maximum_packet_size: Option<u32>,
-    /// 0x22 ByteString Alias Maximum the client accepts.
+    /// 0x22 Topic Alias Maximum the client accepts.
     pub topic_alias_maximum: Option<u16>,
     /// 0x19 Request Response Information.
     pub request_response_information: Option<u8>,
@@ -153,7 +153,7 @@ pub struct ConnAckProperties {
     pub maximum_packet_size: Option<u32>,
     /// 0x12 Assigned Client Identifier.
     pub assigned_client_identifier: Option<ByteString>,
-    /// 0x22 ByteString Alias Maximum.
+    /// 0x22 Topic Alias Maximum.
     pub topic_alias_maximum: Option<u16>,
     /// 0x1F Reason String.
     pub reason_string: Option<ByteString>,
@@ -186,7 +186,7 @@ pub struct Publish {
     pub qos: QoS,
     /// RETAIN flag.
     pub retain: bool,
-    /// ByteString name (may be empty in v5 when a topic alias is used).
+    /// Topic name (may be empty in v5 when a topic alias is used).
     pub topic: ByteString,
     /// Packet identifier; present iff qos > 0.
     pub packet_id: Option<u16>,
@@ -203,9 +203,9 @@ pub struct PublishProperties {
     pub payload_format_indicator: Option<u8>,
     /// 0x02 Message Expiry Interval (seconds).
     pub message_expiry_interval: Option<u32>,
-    /// 0x23 ByteString Alias.
+    /// 0x23 Topic Alias.
     pub topic_alias: Option<u16>,
-    /// 0x08 Response ByteString.
+    /// 0x08 Response Topic.
     pub response_topic: Option<ByteString>,
     /// 0x09 Correlation Data.
     pub correlation_data: Option<Bytes>,
