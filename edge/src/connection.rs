@@ -5,8 +5,14 @@
 //! hands the batch to the broker in one lock acquisition; the writer task drains its
 //! queue into one buffer and writes it with one syscall. The driver owns the
 //! connection's life: whatever ends it, it reports `handle_closed` exactly once.
+//!
+//! When a batch pushed some connection's queue above its high-water mark, the reader
+//! waits (at most `THROTTLE_WAIT`) for that queue to drain before reading on, so a
+//! publisher is slowed to the pace of its subscribers rather than flooding them (see
+//! `server.rs` for the limits).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,9 +20,9 @@ use bytes::BytesMut;
 use tern_core::mqtt::codec::{self, DecodeError};
 use tern_core::mqtt::packet::{Packet, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
-use crate::server::{ConnHandle, Server};
+use crate::server::{ConnHandle, Flow, Server};
 
 /// Bytes reserved in the read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -26,6 +32,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 
 /// A write buffer that grew past this (a large packet) is released after the write.
 const WRITE_BUFFER_KEEP: usize = 256 * 1024;
+
+/// Longest a reader waits, per batch, for congested connections to drain.
+const THROTTLE_WAIT: Duration = Duration::from_millis(250);
 
 /// How long a closing connection's writer may take to flush before it is cut off.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
@@ -55,19 +64,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, writer) = tokio::io::split(stream);
-    let (outgoing, queue) = mpsc::channel(server.outgoing_queue());
-    let kill = Arc::new(Notify::new());
+    let limits = server.limits();
+    let (outgoing, queue) = mpsc::channel(limits.capacity);
+    let flow = Arc::new(Flow::default());
     let version = Arc::new(OnceLock::new());
-    let conn = server.open(ConnHandle::new(outgoing, kill.clone(), peer));
+    let conn = server.open(ConnHandle::new(outgoing, flow.clone(), peer));
     tracing::debug!(conn = conn.0, %peer, "connection opened");
 
-    let mut writer = tokio::spawn(write_loop(writer, queue, version.clone(), kill));
+    let writer_task = write_loop(writer, queue, version.clone(), flow, limits.high_water);
+    let mut writer = tokio::spawn(writer_task);
     let mut writer_done = false;
     let mut shutdown = server.shutdown_signal();
     let max_size = server.max_packet_size();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut protocol: Option<ProtocolVersion> = None;
     let mut batch: Vec<Packet> = Vec::new();
+    let mut congested = Vec::new();
 
     let end = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 2 {
@@ -79,10 +91,16 @@ where
                 Ok(_) => {
                     let error = decode_all(&mut buf, &mut protocol, &version, max_size, &mut batch);
                     if !batch.is_empty() || error.is_some() {
-                        server.input(conn, batch.drain(..), error.as_ref());
+                        server.input(conn, batch.drain(..), error.as_ref(), &mut congested);
                     }
                     if let Some(error) = error {
                         break End::DecodeError(error);
+                    }
+                    if !congested.is_empty() {
+                        let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
+                        for other in congested.drain(..) {
+                            other.drained(limits.high_water, deadline).await;
+                        }
                     }
                 }
                 Err(error) => break End::ReadError(error),
@@ -156,12 +174,14 @@ fn decode_all(
 }
 
 /// Writes queued packets until the queue is closed (then flushes and shuts the stream
-/// down), a write fails, or `kill` fires.
+/// down), a write fails, or `flow.kill` fires. After each write it wakes producers
+/// waiting for the queue to drain.
 async fn write_loop<W>(
     mut writer: W,
     mut queue: mpsc::Receiver<Packet>,
     version: Arc<OnceLock<ProtocolVersion>>,
-    kill: Arc<Notify>,
+    flow: Arc<Flow>,
+    high_water: usize,
 ) where
     W: AsyncWrite + Unpin,
 {
@@ -169,7 +189,7 @@ async fn write_loop<W>(
     loop {
         let first = tokio::select! {
             packet = queue.recv() => packet,
-            _ = kill.notified() => return,
+            _ = flow.kill.notified() => return,
         };
         let mut closing = false;
         match first {
@@ -187,7 +207,7 @@ async fn write_loop<W>(
         if !out.is_empty() {
             let written = tokio::select! {
                 written = writer.write_all(&out) => written,
-                _ = kill.notified() => return,
+                _ = flow.kill.notified() => return,
             };
             if let Err(error) = written {
                 tracing::debug!(%error, "connection write failed");
@@ -197,6 +217,10 @@ async fn write_loop<W>(
             if out.capacity() > WRITE_BUFFER_KEEP {
                 out = BytesMut::with_capacity(READ_CHUNK);
             }
+            if queue.len() <= high_water {
+                flow.stalled.store(false, Ordering::Relaxed);
+            }
+            flow.drained.notify_waiters();
         }
         if closing {
             let _ = writer.flush().await;

@@ -54,6 +54,7 @@ pub enum EdgeError {
 ///
 /// Dropping it without [`Edge::shutdown`] signals shutdown but does not wait.
 pub struct Edge {
+    server: server::Server,
     shutdown: watch::Sender<bool>,
     listeners: Vec<listener::Bound>,
     timer: Option<JoinHandle<()>>,
@@ -65,8 +66,9 @@ impl Edge {
         let (shutdown, signal) = watch::channel(false);
         let server = server::Server::new(config.mqtt, signal);
         let listeners = listener::start(&config.listeners, &server).await?;
-        let timer = Some(tokio::spawn(server.run_timer()));
+        let timer = Some(tokio::spawn(server.clone().run_timer()));
         Ok(Edge {
+            server,
             shutdown,
             listeners,
             timer,
@@ -95,10 +97,12 @@ impl Edge {
         self.shutdown().await;
     }
 
-    /// Stops accepting, closes every connection (flushing what was queued for it), and
-    /// waits for them, at most about 1.5 s.
+    /// Stops accepting, closes every connection (MQTT 5 clients get DISCONNECT 0x8B,
+    /// and what was queued for each is flushed), and waits for them, at most about 1.5 s.
     pub async fn shutdown(&mut self) {
         tracing::info!("shutting down");
+        // The broker first, so that every client is told before its socket closes.
+        self.server.close_all();
         let _ = self.shutdown.send(true);
         let mut tasks: Vec<JoinHandle<()>> = self
             .listeners

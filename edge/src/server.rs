@@ -5,13 +5,24 @@
 //! batch, still under the same lock, the hub drains `poll_output` and hands each packet
 //! to its connection's writer queue. A timer task calls `handle_timeout` when the broker
 //! asks for it. No protocol decision is taken here.
+//!
+//! Flow control towards slow readers (the broker cannot see sockets): each connection's
+//! queue is bounded. Above half of `max_queued_messages` queued packets, the connection
+//! is congested and the reader whose input produced the packets waits, briefly, for it
+//! to drain (see `connection.rs`): that pushes back on publishers through TCP instead of
+//! losing messages. At `max_queued_messages`, QoS 0 PUBLISHes to it are dropped and
+//! counted (QoS 0 allows loss) and producers stop waiting for it; if even the headroom
+//! kept for QoS 1/2 and acknowledgements fills up, the client is disconnected as a slow
+//! consumer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tern_core::broker::{Broker, BrokerConfig, ConnId, Output};
+use tern_core::message::QoS;
 use tern_core::mqtt::codec::DecodeError;
 use tern_core::mqtt::packet::Packet;
 use tokio::sync::{mpsc, watch, Notify};
@@ -19,27 +30,108 @@ use tokio::sync::{mpsc, watch, Notify};
 /// Longest the timer task sleeps without looking at the broker's deadline again.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
 
-/// Smallest outgoing queue per connection, whatever the limits say.
-const MIN_OUTGOING_QUEUE: usize = 64;
+/// Fewest QoS 0 messages a connection may have queued, whatever the limits say.
+const MIN_QUEUED: usize = 64;
+
+/// Queue room kept beyond the QoS 0 limit for control packets (CONNACK, SUBACK, acks).
+const CONTROL_HEADROOM: usize = 64;
+
+/// Queue sizes of every connection, derived from the broker limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Channel capacity: beyond it the client is disconnected.
+    pub(crate) capacity: usize,
+    /// From this many queued packets on, QoS 0 PUBLISHes are dropped.
+    pub(crate) qos0_limit: usize,
+    /// Above this many queued packets, producers wait for the queue to drain.
+    pub(crate) high_water: usize,
+}
+
+impl QueueLimits {
+    fn new(config: &BrokerConfig) -> Self {
+        let qos0_limit = config.max_queued_messages.max(MIN_QUEUED);
+        // Room for a full in-flight window of QoS 1/2 PUBLISHes and as many PUBRELs.
+        let headroom = 2 * usize::from(config.max_inflight) + CONTROL_HEADROOM;
+        QueueLimits {
+            capacity: qos0_limit.saturating_add(headroom),
+            qos0_limit,
+            high_water: qos0_limit / 2,
+        }
+    }
+}
+
+/// State shared between a connection's hub entry, its writer and waiting producers.
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    /// Tells the writer to stop at once, without flushing (slow consumer).
+    pub(crate) kill: Notify,
+    /// Fired by the writer after each write, for producers waiting on congestion.
+    pub(crate) drained: Notify,
+    /// Set while QoS 0 messages are being dropped: producers do not wait for this
+    /// connection until the writer has drained it below the high-water mark.
+    pub(crate) stalled: AtomicBool,
+}
+
+/// A connection above its high-water mark, for a producer to wait on.
+pub(crate) struct Congested {
+    outgoing: mpsc::Sender<Packet>,
+    flow: Arc<Flow>,
+}
+
+impl Congested {
+    /// Waits until the queue is back to `high_water` packets or fewer (or the
+    /// connection is gone or stalled), at most until `deadline`.
+    pub(crate) async fn drained(&self, high_water: usize, deadline: tokio::time::Instant) {
+        loop {
+            let notified = self.flow.drained.notified();
+            tokio::pin!(notified);
+            // Register before looking, so that a drain in between is not missed.
+            notified.as_mut().enable();
+            let queued = self.outgoing.max_capacity() - self.outgoing.capacity();
+            if queued <= high_water
+                || self.outgoing.is_closed()
+                || self.flow.stalled.load(Ordering::Relaxed)
+            {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+}
 
 /// What the hub keeps for each live connection.
 pub(crate) struct ConnHandle {
     /// Packets for the connection's writer. Dropping it tells the writer to flush what
     /// is queued and close.
     outgoing: mpsc::Sender<Packet>,
-    /// Tells the writer to stop at once, without flushing (slow consumer).
-    kill: Arc<Notify>,
+    flow: Arc<Flow>,
     /// For log lines.
     peer: SocketAddr,
+    /// QoS 0 PUBLISHes dropped because the client did not keep up.
+    dropped: u64,
 }
 
 impl ConnHandle {
-    /// A handle for a connection from `peer`, with its writer's queue and kill switch.
-    pub(crate) fn new(outgoing: mpsc::Sender<Packet>, kill: Arc<Notify>, peer: SocketAddr) -> Self {
+    /// A handle for a connection from `peer`, with its writer's queue and flow state.
+    pub(crate) fn new(outgoing: mpsc::Sender<Packet>, flow: Arc<Flow>, peer: SocketAddr) -> Self {
         ConnHandle {
             outgoing,
-            kill,
+            flow,
             peer,
+            dropped: 0,
+        }
+    }
+
+    fn forget(self, conn: ConnId) {
+        if self.dropped > 0 {
+            tracing::info!(
+                conn = conn.0,
+                peer = %self.peer,
+                dropped = self.dropped,
+                "QoS 0 messages were dropped for this slow consumer"
+            );
         }
     }
 }
@@ -48,6 +140,9 @@ impl ConnHandle {
 pub(crate) struct Hub {
     broker: Broker,
     conns: HashMap<ConnId, ConnHandle>,
+    limits: QueueLimits,
+    /// Connections pushed above their high-water mark by the current input.
+    congested: Vec<(ConnId, Congested)>,
     /// When the timer task will next wake, so that a batch can wake it earlier.
     timer_armed: Option<Instant>,
 }
@@ -57,31 +152,64 @@ impl Hub {
     fn dispatch(&mut self) {
         while let Some(output) = self.broker.poll_output() {
             match output {
-                Output::Send(conn, packet) => {
-                    let Some(handle) = self.conns.get(&conn) else {
-                        continue; // Gone (closed or killed): nobody to send to.
-                    };
-                    match handle.outgoing.try_send(packet) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!(
-                                conn = conn.0,
-                                peer = %handle.peer,
-                                "slow consumer: outgoing queue full, disconnecting"
-                            );
-                            if let Some(handle) = self.conns.remove(&conn) {
-                                handle.kill.notify_one();
-                            }
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            // The writer stopped (write error); the driver reports the close.
-                            self.conns.remove(&conn);
-                        }
-                    }
-                }
+                Output::Send(conn, packet) => self.send(conn, packet),
                 Output::Close(conn) => {
                     // Dropping the sender lets the writer flush what is queued, then close.
-                    self.conns.remove(&conn);
+                    if let Some(handle) = self.conns.remove(&conn) {
+                        handle.forget(conn);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, packet: Packet) {
+        let Some(handle) = self.conns.get_mut(&conn) else {
+            return; // Gone (closed or cut off): nobody to send to.
+        };
+        let queued = handle.outgoing.max_capacity() - handle.outgoing.capacity();
+        if queued >= self.limits.qos0_limit
+            && matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce)
+        {
+            handle.dropped += 1;
+            if !handle.flow.stalled.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    conn = conn.0,
+                    peer = %handle.peer,
+                    queued,
+                    "slow consumer: dropping QoS 0 messages until it catches up"
+                );
+            }
+            return;
+        }
+        match handle.outgoing.try_send(packet) {
+            Ok(()) => {
+                if queued >= self.limits.high_water
+                    && !handle.flow.stalled.load(Ordering::Relaxed)
+                    && !self.congested.iter().any(|(c, _)| *c == conn)
+                {
+                    let congested = Congested {
+                        outgoing: handle.outgoing.clone(),
+                        flow: handle.flow.clone(),
+                    };
+                    self.congested.push((conn, congested));
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    conn = conn.0,
+                    peer = %handle.peer,
+                    "slow consumer: outgoing queue full, disconnecting"
+                );
+                if let Some(handle) = self.conns.remove(&conn) {
+                    handle.flow.kill.notify_one();
+                    handle.forget(conn);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The writer stopped (write error); the driver reports the close.
+                if let Some(handle) = self.conns.remove(&conn) {
+                    handle.forget(conn);
                 }
             }
         }
@@ -104,20 +232,19 @@ pub(crate) struct Server {
     timer: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
     max_packet_size: usize,
-    outgoing_queue: usize,
+    limits: QueueLimits,
 }
 
 impl Server {
     /// A server around a new broker with `config`; `shutdown` turns true to stop.
     pub(crate) fn new(config: BrokerConfig, shutdown: watch::Receiver<bool>) -> Self {
         let max_packet_size = usize::try_from(config.max_packet_size).unwrap_or(usize::MAX);
-        let outgoing_queue = config
-            .max_queued_messages
-            .saturating_add(usize::from(config.max_inflight))
-            .max(MIN_OUTGOING_QUEUE);
+        let limits = QueueLimits::new(&config);
         let hub = Hub {
             broker: Broker::new(config, Instant::now()),
             conns: HashMap::new(),
+            limits,
+            congested: Vec::new(),
             timer_armed: None,
         };
         Server {
@@ -125,7 +252,7 @@ impl Server {
             timer: Arc::new(Notify::new()),
             shutdown,
             max_packet_size,
-            outgoing_queue,
+            limits,
         }
     }
 
@@ -134,9 +261,9 @@ impl Server {
         self.max_packet_size
     }
 
-    /// Capacity of each connection's outgoing packet queue.
-    pub(crate) fn outgoing_queue(&self) -> usize {
-        self.outgoing_queue
+    /// The queue sizes of every connection.
+    pub(crate) fn limits(&self) -> QueueLimits {
+        self.limits
     }
 
     /// A receiver that turns true when the server shuts down.
@@ -158,10 +285,19 @@ impl Server {
     }
 
     /// Runs `f` on the hub, then dispatches outputs and wakes the timer if needed.
-    fn with_hub<R>(&self, f: impl FnOnce(&mut Hub, Instant) -> R) -> R {
+    /// Congested connections are handed to `congested`, if given, else forgotten.
+    fn with_hub<R>(
+        &self,
+        congested: Option<&mut Vec<Congested>>,
+        f: impl FnOnce(&mut Hub, Instant) -> R,
+    ) -> R {
         let mut hub = self.lock();
         let result = f(&mut hub, Instant::now());
         hub.dispatch();
+        match congested {
+            Some(out) => out.extend(hub.congested.drain(..).map(|(_, c)| c)),
+            None => hub.congested.clear(),
+        }
         if hub.timer_needs_wake() {
             self.timer.notify_one();
         }
@@ -170,7 +306,7 @@ impl Server {
 
     /// Registers a new connection; returns its id.
     pub(crate) fn open(&self, handle: ConnHandle) -> ConnId {
-        self.with_hub(|hub, now| {
+        self.with_hub(None, |hub, now| {
             let conn = hub.broker.handle_open(now);
             hub.conns.insert(conn, handle);
             conn
@@ -178,14 +314,17 @@ impl Server {
     }
 
     /// Hands a batch of decoded packets, then possibly a decode error, to the broker in
-    /// one lock acquisition. Input for a connection the broker already closed is dropped.
+    /// one lock acquisition. Input for a connection the broker already closed is
+    /// dropped. Connections this input pushed above their high-water mark are added to
+    /// `congested`, for the caller to wait on before reading more.
     pub(crate) fn input(
         &self,
         conn: ConnId,
         packets: impl Iterator<Item = Packet>,
         error: Option<&DecodeError>,
+        congested: &mut Vec<Congested>,
     ) {
-        self.with_hub(|hub, now| {
+        self.with_hub(Some(congested), |hub, now| {
             for packet in packets {
                 if !hub.conns.contains_key(&conn) {
                     return;
@@ -202,10 +341,18 @@ impl Server {
         })
     }
 
+    /// Closes every connection through the broker (v5 clients get DISCONNECT 0x8B,
+    /// "server shutting down"); the writers flush and close.
+    pub(crate) fn close_all(&self) {
+        self.with_hub(None, |hub, now| hub.broker.handle_shutdown(now));
+    }
+
     /// The connection's socket is gone (or going): called exactly once per connection.
     pub(crate) fn closed(&self, conn: ConnId) {
-        self.with_hub(|hub, now| {
-            hub.conns.remove(&conn);
+        self.with_hub(None, |hub, now| {
+            if let Some(handle) = hub.conns.remove(&conn) {
+                handle.forget(conn);
+            }
             hub.broker.handle_closed(conn, now);
         })
     }
@@ -228,6 +375,7 @@ impl Server {
                     if hub.broker.poll_timeout().is_some_and(|deadline| deadline <= now) {
                         hub.broker.handle_timeout(now);
                         hub.dispatch();
+                        hub.congested.clear();
                     }
                     // The next loop re-reads the deadline, so no wake-up is needed here.
                 }
