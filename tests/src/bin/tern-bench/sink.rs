@@ -1,0 +1,187 @@
+//! `tern-bench sink`: the cheapest MQTT server that still speaks the protocol, to show
+//! tern-bench's own ceiling (the `ceiling` scenario runs against it).
+//!
+//! It answers CONNECT, SUBSCRIBE, UNSUBSCRIBE and PINGREQ, acknowledges QoS 1/2
+//! PUBLISHes and throws them away; it routes nothing. A client whose CONNECT user name
+//! is `tern-bench-source:<payload size>` gets, after its SUBSCRIBE, an endless stream of
+//! valid QoS 0 bench messages on the subscribed topic, as fast as its socket takes them.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use tern_core::message::QoS;
+use tern_core::mqtt::codec::encode;
+use tern_core::mqtt::packet::{ConnAck, Packet, PubResponse, SubAck, UnsubAck};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::client::{put_publish_header, ClientError, PacketReader, READ_CHUNK};
+use crate::clock;
+use crate::payload::{Layout, Stamp};
+
+/// CONNECT user name prefix that selects source mode; the payload size follows.
+pub const SOURCE_USER: &str = "tern-bench-source:";
+/// The line printed on stdout once listening, followed by the address.
+pub const READY_LINE: &str = "tern-bench sink listening on ";
+
+/// Options of `tern-bench sink`.
+#[derive(Debug, Clone, Args)]
+pub struct SinkArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:1884")]
+    pub bind: SocketAddr,
+}
+
+/// Serves until killed.
+pub async fn serve(args: &SinkArgs) -> io::Result<()> {
+    let listener = TcpListener::bind(args.bind).await?;
+    // stdout is line-buffered: the parent reading this line sees it at once.
+    println!("{READY_LINE}{}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            // A client that misbehaves or leaves only ends its own connection.
+            let _ = handle(stream).await;
+        });
+    }
+}
+
+async fn handle(stream: TcpStream) -> Result<(), ClientError> {
+    stream.set_nodelay(true)?;
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = PacketReader::new(rd, READ_CHUNK, None);
+    let Packet::Connect(connect) = reader.recv().await? else {
+        return Err(ClientError::Unexpected("expected CONNECT"));
+    };
+    let version = connect.protocol;
+    reader.set_version(version);
+    let source = connect
+        .username
+        .as_deref()
+        .and_then(|u| u.strip_prefix(SOURCE_USER))
+        .and_then(|s| s.parse::<usize>().ok());
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    encode(&Packet::ConnAck(ConnAck::default()), version, &mut out);
+    loop {
+        let mut source_topic = None;
+        while let Some(p) = reader.next_packet()? {
+            match p {
+                Packet::Publish(p) => match (p.qos, p.packet_id) {
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        encode(&Packet::PubAck(PubResponse::new(id)), version, &mut out)
+                    }
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        encode(&Packet::PubRec(PubResponse::new(id)), version, &mut out)
+                    }
+                    _ => {}
+                },
+                Packet::PubRel(r) => encode(
+                    &Packet::PubComp(PubResponse::new(r.packet_id)),
+                    version,
+                    &mut out,
+                ),
+                Packet::Subscribe(s) => {
+                    let reason_codes = s.filters.iter().map(|(_, o)| o.qos as u8).collect();
+                    encode(
+                        &Packet::SubAck(SubAck {
+                            packet_id: s.packet_id,
+                            reason_string: None,
+                            reason_codes,
+                        }),
+                        version,
+                        &mut out,
+                    );
+                    source_topic = s.filters.first().map(|(f, _)| topic_for(f));
+                }
+                Packet::Unsubscribe(u) => {
+                    let reason_codes = vec![0; u.filters.len()];
+                    encode(
+                        &Packet::UnsubAck(UnsubAck {
+                            packet_id: u.packet_id,
+                            reason_string: None,
+                            reason_codes,
+                        }),
+                        version,
+                        &mut out,
+                    );
+                }
+                Packet::PingReq => encode(&Packet::PingResp, version, &mut out),
+                Packet::Disconnect(_) => {
+                    wr.write_all(&out).await?;
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+        if let (Some(size), Some(topic)) = (source, source_topic) {
+            return stream_source(reader, wr, topic, size).await;
+        }
+        if reader.fill().await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// A topic name that matches `filter` (wildcards replaced by `0`).
+fn topic_for(filter: &str) -> Bytes {
+    let t: Vec<&str> = filter
+        .split('/')
+        .map(|l| if l == "+" || l == "#" { "0" } else { l })
+        .collect();
+    Bytes::from(t.join("/"))
+}
+
+/// Streams QoS 0 bench messages from "publisher 0" until the client leaves.
+async fn stream_source(
+    mut reader: PacketReader,
+    mut wr: OwnedWriteHalf,
+    topic: Bytes,
+    size: usize,
+) -> Result<(), ClientError> {
+    let layout = Layout::new(size)
+        .map_err(|_| ClientError::Unexpected("source payload size below minimum"))?;
+    let gone = Arc::new(AtomicBool::new(false));
+    let flag = gone.clone();
+    tokio::spawn(async move {
+        // Discard whatever the client sends; notice when it leaves.
+        while let Ok(n) = reader.fill().await {
+            if n == 0 {
+                break;
+            }
+            while let Ok(Some(_)) = reader.next_packet() {}
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    let batch = (16 * 1024 / (size + 32)).clamp(1, 256) as u64;
+    let mut buf = BytesMut::with_capacity(batch as usize * (size + topic.len() + 8));
+    let mut seq = 0u64;
+    while !gone.load(Ordering::Relaxed) {
+        let ts = clock::now_ns();
+        for s in seq..seq + batch {
+            put_publish_header(&mut buf, &topic, QoS::AtMostOnce, 0, size);
+            layout.write(
+                &mut buf,
+                Stamp {
+                    publisher: 0,
+                    seq: s,
+                    sent_ns: ts,
+                },
+            );
+        }
+        seq += batch;
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+    Ok(())
+}
