@@ -83,7 +83,10 @@ class Broker:
         data.mkdir()
         self.log_path = Path(self.workdir.name) / "stderr.log"
         self.host, self.port = "127.0.0.1", free_port()
-        full_env = dict(os.environ)
+        # tern-edge reads every TERN_* variable as configuration and rejects unknown keys:
+        # keep the harness's own variables away from it.
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("TERN_EDGE_BIN", "TERN_TEST_BROKER")}
         full_env["TERN_LISTENERS__TCP__BIND"] = f"127.0.0.1:{self.port}"
         full_env["TERN_NODE__DATA_DIR"] = str(data)
         full_env.update(env or {})

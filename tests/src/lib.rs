@@ -158,6 +158,11 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout_log))
             .stderr(Stdio::from(log));
+        // tern-edge reads every TERN_* variable as configuration and rejects unknown keys:
+        // keep the harness's own variables away from it.
+        for k in [BIN_ENV, EXTERNAL_BROKER_ENV, "TERN_TEST_KEEP_LOGS"] {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -330,8 +330,11 @@ async fn v5_takeover_seen_by_rumqttc() {
     let id = unique("takeover5r");
     let mut first = v5::connect(v5::options(&broker, &id)).await;
     let _second = v5::connect(v5::options(&broker, &id)).await;
-    // rumqttc surfaces the broker's DISCONNECT as an incoming packet.
+    // rumqttc surfaces the broker's DISCONNECT as an incoming packet. Note: rumqttc 0.25
+    // fails to decode a reason-code-only DISCONNECT (remaining length 1, valid per
+    // MQTT 5 §3.14.2.2.1), and reports a connection error instead.
     let mut got = None;
+    let mut error = None;
     let deadline = Instant::now() + WAIT;
     while Instant::now() < deadline {
         match first.next(Duration::from_millis(200)).await {
@@ -339,13 +342,16 @@ async fn v5_takeover_seen_by_rumqttc() {
                 got = Some(d.reason_code);
                 break;
             }
-            Some(Err(_)) => break,
+            Some(Err(e)) => {
+                error = Some(e);
+                break;
+            }
             _ => {}
         }
     }
     assert_eq!(
         got,
         Some(v5::DisconnectReasonCode::SessionTakenOver),
-        "rumqttc must see DISCONNECT 0x8E"
+        "rumqttc must see DISCONNECT 0x8E (connection error instead: {error:?})"
     );
 }
