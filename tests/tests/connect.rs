@@ -330,9 +330,9 @@ async fn v5_takeover_seen_by_rumqttc() {
     let id = unique("takeover5r");
     let mut first = v5::connect(v5::options(&broker, &id)).await;
     let _second = v5::connect(v5::options(&broker, &id)).await;
-    // rumqttc surfaces the broker's DISCONNECT as an incoming packet. Note: rumqttc 0.25
-    // fails to decode a reason-code-only DISCONNECT (remaining length 1, valid per
-    // MQTT 5 §3.14.2.2.1), and reports a connection error instead.
+    // rumqttc 0.25 fails to decode a reason-code-only DISCONNECT (remaining length 1,
+    // valid per MQTT 5 §3.14.2.2.1); tern's encoder adds an empty property length so
+    // such clients still learn the reason.
     let mut got = None;
     let mut error = None;
     let deadline = Instant::now() + WAIT;
@@ -349,9 +349,13 @@ async fn v5_takeover_seen_by_rumqttc() {
             _ => {}
         }
     }
-    assert_eq!(
-        got,
-        Some(v5::DisconnectReasonCode::SessionTakenOver),
-        "rumqttc must see DISCONNECT 0x8E (connection error instead: {error:?})"
+    // rumqttc reports a server DISCONNECT either as a packet or as an error carrying
+    // its reason code; either way the reason must be "session taken over".
+    let seen = got
+        .map(|code| format!("{code:?}"))
+        .or_else(|| error.map(|e| e.to_string()));
+    assert!(
+        seen.as_deref().is_some_and(|s| s.contains("SessionTakenOver")),
+        "rumqttc must see DISCONNECT 0x8E, saw {seen:?}"
     );
 }

@@ -50,14 +50,16 @@ fn properties_len(d: &Disconnect) -> usize {
     ])
 }
 
-/// Length of the DISCONNECT body for `version`, choosing the shortest 5.0 form.
+/// Length of the DISCONNECT body for `version`. A normal disconnection without
+/// properties is empty; any other reason code is followed by a property length even
+/// when it is 0. The reason-code-only form is valid too, but widely used clients built
+/// on mqttbytes (rumqttc) fail to decode it, and one byte buys them the reason code.
 pub(crate) fn body_len(d: &Disconnect, version: ProtocolVersion) -> usize {
     if !version.is_v5() {
         return 0;
     }
     match properties_len(d) {
         0 if d.reason_code == 0 => 0,
-        0 => 1,
         n => sum([1, prefixed_len(n)]),
     }
 }
@@ -72,11 +74,9 @@ pub(crate) fn write(d: &Disconnect, version: ProtocolVersion, buf: &mut BytesMut
         return;
     }
     buf.put_u8(d.reason_code);
-    if props_len > 0 {
-        write_varint(buf, props_len);
-        put_u32_prop(buf, SESSION_EXPIRY_INTERVAL, d.session_expiry_interval);
-        put_field_prop(buf, REASON_STRING, d.reason_string.as_ref());
-        put_user_properties(buf, &d.user_properties);
-        put_field_prop(buf, SERVER_REFERENCE, d.server_reference.as_ref());
-    }
+    write_varint(buf, props_len);
+    put_u32_prop(buf, SESSION_EXPIRY_INTERVAL, d.session_expiry_interval);
+    put_field_prop(buf, REASON_STRING, d.reason_string.as_ref());
+    put_user_properties(buf, &d.user_properties);
+    put_field_prop(buf, SERVER_REFERENCE, d.server_reference.as_ref());
 }

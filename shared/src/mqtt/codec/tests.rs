@@ -451,12 +451,12 @@ fn regression_reason_code_only_v5_disconnect() {
         packet,
         Ok(Some(Packet::Disconnect(Disconnect::with_reason(0x8E))))
     );
-    // And the encoder produces the same short form.
+    // The encoder adds an empty property length: rumqttc cannot decode the short form.
     let bytes = encode_to_vec(
         &Packet::Disconnect(Disconnect::with_reason(0x8E)),
         ProtocolVersion::V5,
     );
-    assert_eq!(&bytes[..], &[0xE0, 0x01, 0x8E]);
+    assert_eq!(&bytes[..], &[0xE0, 0x02, 0x8E, 0x00]);
 }
 
 #[test]
