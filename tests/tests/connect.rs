@@ -355,7 +355,8 @@ async fn v5_takeover_seen_by_rumqttc() {
         .map(|code| format!("{code:?}"))
         .or_else(|| error.map(|e| e.to_string()));
     assert!(
-        seen.as_deref().is_some_and(|s| s.contains("SessionTakenOver")),
+        seen.as_deref()
+            .is_some_and(|s| s.contains("SessionTakenOver")),
         "rumqttc must see DISCONNECT 0x8E, saw {seen:?}"
     );
 }

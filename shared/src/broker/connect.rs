@@ -60,7 +60,12 @@ impl Broker {
 
         // Takeover: the old connection goes first, so its will and session end (if its
         // session expires with it) are settled before we look the session up.
-        if let Some(old_conn) = self.by_client_id.get(&client_id).and_then(|sid| self.sessions.get(sid)).and_then(|s| s.conn) {
+        if let Some(old_conn) = self
+            .by_client_id
+            .get(&client_id)
+            .and_then(|sid| self.sessions.get(sid))
+            .and_then(|s| s.conn)
+        {
             tracing::info!(client_id = %client_id, old = ?old_conn, new = ?conn, "session taken over");
             self.close(old_conn, Some(reason::SESSION_TAKEN_OVER), now);
         }
@@ -72,18 +77,30 @@ impl Broker {
             }
             Some(sid) => {
                 self.end_session(sid, now);
-                (self.create_session(client_id.clone(), connect.protocol), false)
+                (
+                    self.create_session(client_id.clone(), connect.protocol),
+                    false,
+                )
             }
-            None => (self.create_session(client_id.clone(), connect.protocol), false),
+            None => (
+                self.create_session(client_id.clone(), connect.protocol),
+                false,
+            ),
         };
 
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.phase = ConnPhase::Connected(sid);
-        c.keep_alive_timeout = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        c.keep_alive_timeout =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         c.client_max_packet_size = connect.properties.maximum_packet_size.unwrap_or(u32::MAX);
-        c.send_window = connect.properties.receive_maximum.unwrap_or(u16::MAX).min(self.config.max_inflight).max(1);
+        c.send_window = connect
+            .properties
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(self.config.max_inflight)
+            .max(1);
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         c.will = connect.last_will;
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -104,7 +121,9 @@ impl Broker {
                 topic_alias_maximum: Some(self.config.topic_alias_maximum),
                 retain_available: Some(self.config.retain_available),
                 wildcard_subscription_available: Some(self.config.wildcard_subscription_available),
-                subscription_identifiers_available: Some(self.config.subscription_identifiers_available),
+                subscription_identifiers_available: Some(
+                    self.config.subscription_identifiers_available,
+                ),
                 shared_subscription_available: Some(self.config.shared_subscription_available),
                 server_keep_alive,
                 ..ConnAckProperties::default()
@@ -112,7 +131,14 @@ impl Broker {
         } else {
             ConnAckProperties::default()
         };
-        self.send(conn, Packet::ConnAck(ConnAck { session_present, reason_code: reason::SUCCESS, properties }));
+        self.send(
+            conn,
+            Packet::ConnAck(ConnAck {
+                session_present,
+                reason_code: reason::SUCCESS,
+                properties,
+            }),
+        );
         if session_present {
             self.resend_inflight(conn, sid, now);
         }
@@ -121,18 +147,31 @@ impl Broker {
 
     /// Refuses a CONNECT with a CONNACK carrying `code`, then closes.
     fn refuse(&mut self, conn: ConnId, code: u8, now: Instant) {
-        self.send(conn, Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: ConnAckProperties::default() }));
+        self.send(
+            conn,
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason_code: code,
+                properties: ConnAckProperties::default(),
+            }),
+        );
         self.close(conn, None, now);
     }
 
     /// A client id for a client that sent an empty one: random per broker process so an
     /// id assigned before a restart is never handed to someone else after it.
     fn assign_client_id(&mut self) -> ByteString {
-        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
         ByteString::from(format!("tern-{seed:016x}"))
     }
 
-    fn create_session(&mut self, client_id: ByteString, version: crate::mqtt::packet::ProtocolVersion) -> SessionId {
+    fn create_session(
+        &mut self,
+        client_id: ByteString,
+        version: crate::mqtt::packet::ProtocolVersion,
+    ) -> SessionId {
         self.next_session += 1;
         let sid = SessionId(self.next_session);
         self.by_client_id.insert(client_id.clone(), sid);
@@ -154,14 +193,24 @@ impl Broker {
             let f = &session.inflight[i];
             match f.state {
                 Awaiting::Comp => {
-                    self.outputs.push_back(super::Output::Send(conn, Packet::PubRel(PubResponse::new(f.packet_id))));
+                    self.outputs.push_back(super::Output::Send(
+                        conn,
+                        Packet::PubRel(PubResponse::new(f.packet_id)),
+                    ));
                     i += 1;
                 }
                 Awaiting::Ack | Awaiting::Rec => {
-                    match super::publish::publish_packet(c, &f.delivery, Some(f.packet_id), true, now) {
+                    match super::publish::publish_packet(
+                        c,
+                        &f.delivery,
+                        Some(f.packet_id),
+                        true,
+                        now,
+                    ) {
                         Some(p) => {
                             self.stats.messages_sent += 1;
-                            self.outputs.push_back(super::Output::Send(conn, Packet::Publish(p)));
+                            self.outputs
+                                .push_back(super::Output::Send(conn, Packet::Publish(p)));
                             i += 1;
                         }
                         None => {
@@ -174,7 +223,13 @@ impl Broker {
         }
     }
 
-    pub(super) fn handle_disconnect(&mut self, conn: ConnId, sid: SessionId, d: Disconnect, now: Instant) {
+    pub(super) fn handle_disconnect(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        d: Disconnect,
+        now: Instant,
+    ) {
         if let Some(new_expiry) = d.session_expiry_interval {
             let current = self.sessions.get(&sid).map_or(0, |s| s.expiry_interval);
             if current == 0 && new_expiry > 0 {

@@ -132,7 +132,11 @@ impl Broker {
             ConnPhase::AwaitingConnect => match packet {
                 Packet::Connect(connect) => self.handle_connect(conn, *connect, now),
                 other => {
-                    tracing::info!(?conn, packet = packet_name(&other), "first packet is not CONNECT");
+                    tracing::info!(
+                        ?conn,
+                        packet = packet_name(&other),
+                        "first packet is not CONNECT"
+                    );
                     self.close(conn, None, now);
                 }
             },
@@ -140,7 +144,13 @@ impl Broker {
         }
     }
 
-    fn handle_connected_packet(&mut self, conn: ConnId, sid: SessionId, packet: Packet, now: Instant) {
+    fn handle_connected_packet(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        packet: Packet,
+        now: Instant,
+    ) {
         match packet {
             Packet::Publish(publish) => self.handle_publish(conn, sid, publish, now),
             Packet::PubAck(ack) => self.handle_puback(conn, sid, ack.packet_id, now),
@@ -165,7 +175,11 @@ impl Broker {
             | Packet::SubAck(_)
             | Packet::UnsubAck(_)
             | Packet::PingResp) => {
-                tracing::info!(?conn, packet = packet_name(&other), "server-only packet from a client");
+                tracing::info!(
+                    ?conn,
+                    packet = packet_name(&other),
+                    "server-only packet from a client"
+                );
                 self.close(conn, Some(reason::PROTOCOL_ERROR), now);
             }
         }
@@ -213,7 +227,8 @@ impl Broker {
         if let Some(at) = self.next_sys {
             if now >= at {
                 self.publish_sys(now);
-                self.next_sys = Some(now + Duration::from_secs(u64::from(self.config.sys_interval)));
+                self.next_sys =
+                    Some(now + Duration::from_secs(u64::from(self.config.sys_interval)));
             }
         }
     }
@@ -240,7 +255,9 @@ impl Broker {
         let mut expired = Vec::new();
         for (id, c) in &self.conns {
             match c.phase {
-                ConnPhase::AwaitingConnect if now.duration_since(c.opened_at) >= connect_timeout => {
+                ConnPhase::AwaitingConnect
+                    if now.duration_since(c.opened_at) >= connect_timeout =>
+                {
                     expired.push((*id, None));
                 }
                 ConnPhase::Connected(_) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::connection::{ConnId, Connection};
-use super::session::{Delivery, Inflight, Awaiting, SessionId};
+use super::session::{Awaiting, Delivery, Inflight, SessionId};
 use super::{Broker, Output};
 use crate::message::{Message, QoS};
 use crate::mqtt::codec::encoded_len;
@@ -15,7 +15,13 @@ use crate::mqtt::reason;
 use crate::mqtt::topic::valid_topic_name;
 
 impl Broker {
-    pub(super) fn handle_publish(&mut self, conn: ConnId, sid: SessionId, mut publish: Publish, now: Instant) {
+    pub(super) fn handle_publish(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        mut publish: Publish,
+        now: Instant,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -104,7 +110,12 @@ impl Broker {
             while i < routes.len() && routes[i].subscriber == sid {
                 let sub = routes[i].subscription;
                 i += 1;
-                if sub.options.no_local && self.sessions.get(&sid).is_some_and(|s| s.client_id == msg.origin) {
+                if sub.options.no_local
+                    && self
+                        .sessions
+                        .get(&sid)
+                        .is_some_and(|s| s.client_id == msg.origin)
+                {
                     continue;
                 }
                 qos = qos.max(Some(sub.options.qos.min(msg.qos)));
@@ -112,7 +123,16 @@ impl Broker {
                 subscription_ids.extend(sub.identifier);
             }
             if let Some(qos) = qos {
-                self.deliver(sid, Delivery { msg: Arc::clone(msg), qos, retain, subscription_ids }, now);
+                self.deliver(
+                    sid,
+                    Delivery {
+                        msg: Arc::clone(msg),
+                        qos,
+                        retain,
+                        subscription_ids,
+                    },
+                    now,
+                );
             }
         }
         self.route_buf = routes;
@@ -136,7 +156,8 @@ impl Broker {
         if d.qos == QoS::AtMostOnce {
             if let Some(p) = publish_packet(c, &d, None, false, now) {
                 self.stats.messages_sent += 1;
-                self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
+                self.outputs
+                    .push_back(Output::Send(conn, Packet::Publish(p)));
             }
             return;
         }
@@ -145,10 +166,19 @@ impl Broker {
         }
         let packet_id = session.allocate_packet_id();
         if let Some(p) = publish_packet(c, &d, Some(packet_id), false, now) {
-            let state = if d.qos == QoS::AtLeastOnce { Awaiting::Ack } else { Awaiting::Rec };
-            session.inflight.push_back(Inflight { packet_id, state, delivery: d });
+            let state = if d.qos == QoS::AtLeastOnce {
+                Awaiting::Ack
+            } else {
+                Awaiting::Rec
+            };
+            session.inflight.push_back(Inflight {
+                packet_id,
+                state,
+                delivery: d,
+            });
             self.stats.messages_sent += 1;
-            self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
+            self.outputs
+                .push_back(Output::Send(conn, Packet::Publish(p)));
         }
     }
 
@@ -186,23 +216,51 @@ impl Broker {
                 continue;
             };
             if let Some(packet_id) = packet_id {
-                let state = if d.qos == QoS::AtLeastOnce { Awaiting::Ack } else { Awaiting::Rec };
-                session.inflight.push_back(Inflight { packet_id, state, delivery: d });
+                let state = if d.qos == QoS::AtLeastOnce {
+                    Awaiting::Ack
+                } else {
+                    Awaiting::Rec
+                };
+                session.inflight.push_back(Inflight {
+                    packet_id,
+                    state,
+                    delivery: d,
+                });
             }
             self.stats.messages_sent += 1;
-            self.outputs.push_back(Output::Send(conn, Packet::Publish(p)));
+            self.outputs
+                .push_back(Output::Send(conn, Packet::Publish(p)));
         }
     }
 
-    pub(super) fn handle_puback(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, now: Instant) {
+    pub(super) fn handle_puback(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        packet_id: u16,
+        now: Instant,
+    ) {
         self.complete(conn, sid, packet_id, Awaiting::Ack, now);
     }
 
-    pub(super) fn handle_pubcomp(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, now: Instant) {
+    pub(super) fn handle_pubcomp(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        packet_id: u16,
+        now: Instant,
+    ) {
         self.complete(conn, sid, packet_id, Awaiting::Comp, now);
     }
 
-    fn complete(&mut self, conn: ConnId, sid: SessionId, packet_id: u16, state: Awaiting, now: Instant) {
+    fn complete(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        packet_id: u16,
+        state: Awaiting,
+        now: Instant,
+    ) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -215,7 +273,13 @@ impl Broker {
         }
     }
 
-    pub(super) fn handle_pubrec(&mut self, conn: ConnId, sid: SessionId, rec: PubResponse, now: Instant) {
+    pub(super) fn handle_pubrec(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        rec: PubResponse,
+        now: Instant,
+    ) {
         let v5 = self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
@@ -248,13 +312,20 @@ impl Broker {
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(conn, Packet::PubComp(PubResponse::with_reason(packet_id, code)));
+        self.send(
+            conn,
+            Packet::PubComp(PubResponse::with_reason(packet_id, code)),
+        );
     }
 }
 
 /// The routed form of an inbound PUBLISH: per-hop properties (alias, subscription
 /// ids) dropped, the expiry interval lifted out so it can count down.
-pub(super) fn message_from_publish(publish: Publish, origin: bytestring::ByteString, now: Instant) -> Message {
+pub(super) fn message_from_publish(
+    publish: Publish,
+    origin: bytestring::ByteString,
+    now: Instant,
+) -> Message {
     let mut properties = publish.properties;
     properties.topic_alias = None;
     properties.subscription_identifiers.clear();
@@ -275,7 +346,13 @@ pub(super) fn message_from_publish(publish: Publish, origin: bytestring::ByteStr
 /// expired or exceeds the client's maximum packet size (both count as delivered:
 /// MQTT 5 §3.3.2.3.3 and §3.1.2.11.4). Assigns an outbound topic alias when the
 /// client allows one; a resend (`dup`) always carries the full topic.
-pub(super) fn publish_packet(c: &mut Connection, d: &Delivery, packet_id: Option<u16>, dup: bool, now: Instant) -> Option<Publish> {
+pub(super) fn publish_packet(
+    c: &mut Connection,
+    d: &Delivery,
+    packet_id: Option<u16>,
+    dup: bool,
+    now: Instant,
+) -> Option<Publish> {
     let msg = &d.msg;
     let remaining = msg.remaining_expiry(now);
     if remaining == Some(0) {

@@ -108,6 +108,8 @@ impl Session {
 
     /// Position of the in-flight delivery with `packet_id` in `state`.
     pub(crate) fn find_inflight(&self, packet_id: u16, state: Awaiting) -> Option<usize> {
-        self.inflight.iter().position(|f| f.packet_id == packet_id && f.state == state)
+        self.inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.state == state)
     }
 }

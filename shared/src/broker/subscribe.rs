@@ -15,9 +15,20 @@ use crate::mqtt::topic::{parse_shared, valid_topic_filter};
 use crate::router::Subscription;
 
 impl Broker {
-    pub(super) fn handle_subscribe(&mut self, conn: ConnId, sid: SessionId, sub: Subscribe, now: Instant) {
-        if sub.subscription_identifier.is_some() && !self.config.subscription_identifiers_available {
-            return self.close(conn, Some(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED), now);
+    pub(super) fn handle_subscribe(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        sub: Subscribe,
+        now: Instant,
+    ) {
+        if sub.subscription_identifier.is_some() && !self.config.subscription_identifiers_available
+        {
+            return self.close(
+                conn,
+                Some(reason::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED),
+                now,
+            );
         }
         let v5 = self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
         let mut reason_codes = Vec::with_capacity(sub.filters.len());
@@ -41,7 +52,10 @@ impl Broker {
                 reason_codes.push(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
                 continue;
             }
-            let subscription = Subscription { options, identifier: sub.subscription_identifier };
+            let subscription = Subscription {
+                options,
+                identifier: sub.subscription_identifier,
+            };
             let is_new = self.router.subscribe(&filter, sid, subscription);
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;
@@ -57,7 +71,14 @@ impl Broker {
                 retained_for.push((filter, subscription));
             }
         }
-        self.send(conn, Packet::SubAck(SubAck { packet_id: sub.packet_id, reason_string: None, reason_codes }));
+        self.send(
+            conn,
+            Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                reason_string: None,
+                reason_codes,
+            }),
+        );
         let mut matches = Vec::new();
         for (filter, subscription) in retained_for {
             matches.clear();
@@ -65,7 +86,16 @@ impl Broker {
             for msg in matches.drain(..) {
                 let qos = subscription.options.qos.min(msg.qos);
                 let subscription_ids = subscription.identifier.into_iter().collect();
-                self.deliver(sid, Delivery { msg: Arc::clone(&msg), qos, retain: true, subscription_ids }, now);
+                self.deliver(
+                    sid,
+                    Delivery {
+                        msg: Arc::clone(&msg),
+                        qos,
+                        retain: true,
+                        subscription_ids,
+                    },
+                    now,
+                );
             }
         }
     }
@@ -77,8 +107,19 @@ impl Broker {
             if let Some(session) = self.sessions.get_mut(&sid) {
                 session.subscriptions.remove(&filter);
             }
-            reason_codes.push(if existed { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED });
+            reason_codes.push(if existed {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
         }
-        self.send(conn, Packet::UnsubAck(UnsubAck { packet_id: unsub.packet_id, reason_string: None, reason_codes }));
+        self.send(
+            conn,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsub.packet_id,
+                reason_string: None,
+                reason_codes,
+            }),
+        );
     }
 }

@@ -26,15 +26,36 @@ impl Broker {
     pub(super) fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started_at).as_secs();
         let values = [
-            ("$SYS/broker/version", format!("tern {}", env!("CARGO_PKG_VERSION"))),
+            (
+                "$SYS/broker/version",
+                format!("tern {}", env!("CARGO_PKG_VERSION")),
+            ),
             ("$SYS/broker/uptime", format!("{uptime} seconds")),
-            ("$SYS/broker/clients/connected", self.stats.clients_connected.to_string()),
+            (
+                "$SYS/broker/clients/connected",
+                self.stats.clients_connected.to_string(),
+            ),
             ("$SYS/broker/clients/total", self.sessions.len().to_string()),
-            ("$SYS/broker/messages/received", self.stats.messages_received.to_string()),
-            ("$SYS/broker/messages/sent", self.stats.messages_sent.to_string()),
-            ("$SYS/broker/messages/dropped", self.stats.messages_dropped.to_string()),
-            ("$SYS/broker/subscriptions/count", self.router.len().to_string()),
-            ("$SYS/broker/retained messages/count", self.retained.len().to_string()),
+            (
+                "$SYS/broker/messages/received",
+                self.stats.messages_received.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                self.stats.messages_sent.to_string(),
+            ),
+            (
+                "$SYS/broker/messages/dropped",
+                self.stats.messages_dropped.to_string(),
+            ),
+            (
+                "$SYS/broker/subscriptions/count",
+                self.router.len().to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                self.retained.len().to_string(),
+            ),
         ];
         for (topic, value) in values {
             let msg = Message {

@@ -24,12 +24,20 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self::with(BrokerConfig { sys_interval: 0, ..BrokerConfig::default() })
+        Self::with(BrokerConfig {
+            sys_interval: 0,
+            ..BrokerConfig::default()
+        })
     }
 
     fn with(config: BrokerConfig) -> Self {
         let now = Instant::now();
-        Harness { broker: Broker::new(config, now), now, inbox: HashMap::new(), closed: Vec::new() }
+        Harness {
+            broker: Broker::new(config, now),
+            now,
+            inbox: HashMap::new(),
+            closed: Vec::new(),
+        }
     }
 
     fn drain(&mut self) {
@@ -101,7 +109,13 @@ impl Harness {
         self.subscribe_opts(c, filter, SubscriptionOptions::new(qos), None)
     }
 
-    fn subscribe_opts(&mut self, c: ConnId, filter: &str, opts: SubscriptionOptions, id: Option<u32>) -> Vec<u8> {
+    fn subscribe_opts(
+        &mut self,
+        c: ConnId,
+        filter: &str,
+        opts: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Vec<u8> {
         self.send(
             c,
             Packet::Subscribe(Subscribe {
@@ -124,7 +138,10 @@ impl Harness {
 
     fn publish(&mut self, c: ConnId, topic: &str, payload: &str, qos: QoS, retain: bool) {
         let packet_id = (qos != QoS::AtMostOnce).then_some(7);
-        self.send(c, Packet::Publish(publish(topic, payload, qos, retain, packet_id)));
+        self.send(
+            c,
+            Packet::Publish(publish(topic, payload, qos, retain, packet_id)),
+        );
     }
 }
 
@@ -164,7 +181,10 @@ fn publishes(packets: &[Packet]) -> Vec<&Publish> {
 }
 
 fn payloads(packets: &[Packet]) -> Vec<String> {
-    publishes(packets).iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect()
+    publishes(packets)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
 }
 
 fn will(topic: &str, payload: &str, delay: Option<u32>) -> LastWill {
@@ -211,7 +231,10 @@ fn persistent_session_is_resumed_with_queued_messages() {
 fn v5_empty_client_id_is_assigned() {
     let mut h = Harness::new();
     let (_, ack) = h.connect_with(connect("", V5, true));
-    let id = ack.properties.assigned_client_identifier.expect("assigned id");
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .expect("assigned id");
     assert!(!id.is_empty());
     let (_, ack2) = h.connect_with(connect("", V5, true));
     assert_ne!(Some(id), ack2.properties.assigned_client_identifier);
@@ -239,15 +262,27 @@ fn keep_alive_is_enforced_at_one_and_a_half_times() {
     h.send(conn, Packet::PingReq);
     assert_eq!(h.take(conn), [Packet::PingResp]);
     h.advance(Duration::from_millis(2900));
-    assert!(!h.is_closed(conn), "activity must reset the keep-alive clock");
+    assert!(
+        !h.is_closed(conn),
+        "activity must reset the keep-alive clock"
+    );
     h.advance(Duration::from_secs(2));
     assert!(h.is_closed(conn));
-    assert_eq!(h.take(conn), [Packet::Disconnect(Disconnect::with_reason(reason::KEEP_ALIVE_TIMEOUT))]);
+    assert_eq!(
+        h.take(conn),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::KEEP_ALIVE_TIMEOUT
+        ))]
+    );
 }
 
 #[test]
 fn server_keep_alive_caps_v5_clients() {
-    let mut h = Harness::with(BrokerConfig { max_keep_alive: 30, sys_interval: 0, ..Default::default() });
+    let mut h = Harness::with(BrokerConfig {
+        max_keep_alive: 30,
+        sys_interval: 0,
+        ..Default::default()
+    });
     let mut c = connect("ka", V5, true);
     c.keep_alive = 0;
     let (_, ack) = h.connect_with(c);
@@ -256,7 +291,10 @@ fn server_keep_alive_caps_v5_clients() {
 
 #[test]
 fn connack_advertises_limits() {
-    let config = BrokerConfig { sys_interval: 0, ..Default::default() };
+    let config = BrokerConfig {
+        sys_interval: 0,
+        ..Default::default()
+    };
     let mut h = Harness::with(config.clone());
     let (_, ack) = h.connect_with(connect("c", V5, true));
     let p = ack.properties;
@@ -275,7 +313,12 @@ fn session_takeover_disconnects_the_first_connection() {
     let first = h.connect("same", V5, true);
     let second = h.connect("same", V5, true);
     assert!(h.is_closed(first));
-    assert_eq!(h.take(first), [Packet::Disconnect(Disconnect::with_reason(reason::SESSION_TAKEN_OVER))]);
+    assert_eq!(
+        h.take(first),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::SESSION_TAKEN_OVER
+        ))]
+    );
     assert!(!h.is_closed(second));
     // The I/O layer reports the old socket closed later; the new session must survive.
     h.drop_conn(first);
@@ -298,7 +341,13 @@ fn inbound_qos_flows() {
     h.send(c, Packet::PubRel(PubResponse::new(7)));
     assert_eq!(h.take(c), [Packet::PubComp(PubResponse::new(7))]);
     h.send(c, Packet::PubRel(PubResponse::new(9)));
-    assert_eq!(h.take(c), [Packet::PubComp(PubResponse::with_reason(9, reason::PACKET_IDENTIFIER_NOT_FOUND))]);
+    assert_eq!(
+        h.take(c),
+        [Packet::PubComp(PubResponse::with_reason(
+            9,
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        ))]
+    );
 }
 
 #[test]
@@ -311,7 +360,13 @@ fn qos2_resend_before_pubrel_is_routed_once() {
     let mut dup = publish("a", "once", QoS::ExactlyOnce, false, Some(7));
     dup.dup = true;
     h.send(c, Packet::Publish(dup));
-    assert_eq!(h.take(c), [Packet::PubRec(PubResponse::new(7)), Packet::PubRec(PubResponse::new(7))]);
+    assert_eq!(
+        h.take(c),
+        [
+            Packet::PubRec(PubResponse::new(7)),
+            Packet::PubRec(PubResponse::new(7))
+        ]
+    );
     assert_eq!(payloads(&h.take(sub)), ["once"]);
 }
 
@@ -406,8 +461,18 @@ fn qos_is_downgraded_to_the_subscription_maximum() {
 fn overlapping_subscriptions_deliver_once_at_highest_qos() {
     let mut h = Harness::new();
     let sub = h.connect("sub", V5, true);
-    h.subscribe_opts(sub, "a/+", SubscriptionOptions::new(QoS::AtMostOnce), Some(3));
-    h.subscribe_opts(sub, "a/#", SubscriptionOptions::new(QoS::AtLeastOnce), Some(4));
+    h.subscribe_opts(
+        sub,
+        "a/+",
+        SubscriptionOptions::new(QoS::AtMostOnce),
+        Some(3),
+    );
+    h.subscribe_opts(
+        sub,
+        "a/#",
+        SubscriptionOptions::new(QoS::AtLeastOnce),
+        Some(4),
+    );
     h.subscribe_opts(sub, "a/b", SubscriptionOptions::new(QoS::AtMostOnce), None);
     let p = h.connect("p", V5, true);
     h.publish(p, "a/b", "m", QoS::ExactlyOnce, false);
@@ -434,16 +499,42 @@ fn subscribe_reason_codes_per_filter() {
                 ("ok/+".into(), SubscriptionOptions::new(QoS::ExactlyOnce)),
                 ("bad/#/x".into(), SubscriptionOptions::new(QoS::AtMostOnce)),
                 ("a+".into(), SubscriptionOptions::new(QoS::AtMostOnce)),
-                ("$share/g/s".into(), SubscriptionOptions::new(QoS::AtLeastOnce)),
+                (
+                    "$share/g/s".into(),
+                    SubscriptionOptions::new(QoS::AtLeastOnce),
+                ),
             ],
         }),
     );
-    let expected = vec![2, reason::TOPIC_FILTER_INVALID, reason::TOPIC_FILTER_INVALID, 1];
-    assert_eq!(h.take(c), [Packet::SubAck(SubAck { packet_id: 5, reason_string: None, reason_codes: expected })]);
-    h.send(c, Packet::Unsubscribe(Unsubscribe { packet_id: 6, user_properties: vec![], filters: vec!["ok/+".into(), "never".into()] }));
+    let expected = vec![
+        2,
+        reason::TOPIC_FILTER_INVALID,
+        reason::TOPIC_FILTER_INVALID,
+        1,
+    ];
     assert_eq!(
         h.take(c),
-        [Packet::UnsubAck(UnsubAck { packet_id: 6, reason_string: None, reason_codes: vec![0, reason::NO_SUBSCRIPTION_EXISTED] })]
+        [Packet::SubAck(SubAck {
+            packet_id: 5,
+            reason_string: None,
+            reason_codes: expected
+        })]
+    );
+    h.send(
+        c,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: 6,
+            user_properties: vec![],
+            filters: vec!["ok/+".into(), "never".into()],
+        }),
+    );
+    assert_eq!(
+        h.take(c),
+        [Packet::UnsubAck(UnsubAck {
+            packet_id: 6,
+            reason_string: None,
+            reason_codes: vec![0, reason::NO_SUBSCRIPTION_EXISTED]
+        })]
     );
 }
 
@@ -543,7 +634,10 @@ fn v5_disconnect_with_will_message_sends_it() {
     let mut c = connect("x", V5, true);
     c.last_will = Some(will("will", "asked", None));
     let (conn, _) = h.connect_with(c);
-    h.send(conn, Packet::Disconnect(Disconnect::with_reason(reason::DISCONNECT_WITH_WILL)));
+    h.send(
+        conn,
+        Packet::Disconnect(Disconnect::with_reason(reason::DISCONNECT_WITH_WILL)),
+    );
     h.drop_conn(conn);
     assert_eq!(payloads(&h.take(watcher)), ["asked"]);
 }
@@ -571,7 +665,10 @@ fn will_delay_and_cancel_on_resume() {
     h.advance(Duration::from_secs(2));
     let _resumed = delayed(&mut h);
     h.advance(Duration::from_secs(10));
-    assert!(h.take(watcher).is_empty(), "will sent although the session resumed");
+    assert!(
+        h.take(watcher).is_empty(),
+        "will sent although the session resumed"
+    );
 }
 
 #[test]
@@ -610,7 +707,10 @@ fn message_expiry_drops_and_counts_down() {
     let ps = publishes(&got);
     assert_eq!(ps.len(), 1, "expired message delivered: {ps:?}");
     assert_eq!(ps[0].topic, "e/long");
-    let remaining = ps[0].properties.message_expiry_interval.expect("remaining expiry");
+    let remaining = ps[0]
+        .properties
+        .message_expiry_interval
+        .expect("remaining expiry");
     assert!((94..=95).contains(&remaining), "remaining {remaining}");
 }
 
@@ -652,19 +752,38 @@ fn topic_aliases_in_both_directions() {
     h.publish(p, "other", "3", QoS::AtMostOnce, false);
     let got = h.take(sub);
     let ps = publishes(&got);
-    assert_eq!((ps[0].topic.as_ref(), ps[0].properties.topic_alias), ("long/topic", Some(1)));
-    assert_eq!((ps[1].topic.as_ref(), ps[1].properties.topic_alias), ("", Some(1)));
-    assert_eq!((ps[2].topic.as_ref(), ps[2].properties.topic_alias), ("other", None));
+    assert_eq!(
+        (ps[0].topic.as_ref(), ps[0].properties.topic_alias),
+        ("long/topic", Some(1))
+    );
+    assert_eq!(
+        (ps[1].topic.as_ref(), ps[1].properties.topic_alias),
+        ("", Some(1))
+    );
+    assert_eq!(
+        (ps[2].topic.as_ref(), ps[2].properties.topic_alias),
+        ("other", None)
+    );
     // An alias never set up, and one out of range, are errors.
     let mut bad = publish("", "x", QoS::AtMostOnce, false, None);
     bad.properties.topic_alias = Some(4);
     h.send(p, Packet::Publish(bad));
-    assert_eq!(h.take(p), [Packet::Disconnect(Disconnect::with_reason(reason::PROTOCOL_ERROR))]);
+    assert_eq!(
+        h.take(p),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::PROTOCOL_ERROR
+        ))]
+    );
     let p2 = h.connect("p2", V5, true);
     let mut out_of_range = publish("t", "x", QoS::AtMostOnce, false, None);
     out_of_range.properties.topic_alias = Some(u16::MAX);
     h.send(p2, Packet::Publish(out_of_range));
-    assert_eq!(h.take(p2), [Packet::Disconnect(Disconnect::with_reason(reason::TOPIC_ALIAS_INVALID))]);
+    assert_eq!(
+        h.take(p2),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::TOPIC_ALIAS_INVALID
+        ))]
+    );
 }
 
 #[test]
@@ -682,7 +801,10 @@ fn messages_over_the_clients_maximum_packet_size_are_skipped() {
 
 #[test]
 fn sys_topics_are_published_and_hidden_from_hash() {
-    let mut h = Harness::with(BrokerConfig { sys_interval: 1, ..Default::default() });
+    let mut h = Harness::with(BrokerConfig {
+        sys_interval: 1,
+        ..Default::default()
+    });
     let all = h.connect("all", V311, true);
     h.subscribe(all, "#", QoS::AtMostOnce);
     let sys = h.connect("sys", V311, true);
@@ -690,7 +812,12 @@ fn sys_topics_are_published_and_hidden_from_hash() {
     h.advance(Duration::from_millis(1500));
     let got = h.take(sys);
     let topics: Vec<&str> = publishes(&got).iter().map(|p| p.topic.as_ref()).collect();
-    for t in ["$SYS/broker/clients/connected", "$SYS/broker/messages/received", "$SYS/broker/messages/sent", "$SYS/broker/uptime"] {
+    for t in [
+        "$SYS/broker/clients/connected",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/messages/sent",
+        "$SYS/broker/uptime",
+    ] {
         assert!(topics.contains(&t), "{t} missing from {topics:?}");
     }
     assert!(h.take(all).is_empty());
@@ -715,15 +842,31 @@ fn shared_subscriptions_round_robin() {
 fn bad_input_closes_with_the_right_reason() {
     let mut h = Harness::new();
     let c = h.connect("c", V5, true);
-    h.broker.handle_decode_error(c, &codec::DecodeError::Malformed("test"), h.now);
-    assert_eq!(h.take(c), [Packet::Disconnect(Disconnect::with_reason(reason::MALFORMED_PACKET))]);
+    h.broker
+        .handle_decode_error(c, &codec::DecodeError::Malformed("test"), h.now);
+    assert_eq!(
+        h.take(c),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::MALFORMED_PACKET
+        ))]
+    );
     assert!(h.is_closed(c));
     let c = h.connect("c2", V5, true);
-    h.broker.handle_decode_error(c, &codec::DecodeError::PacketTooLarge { size: 10, max: 5 }, h.now);
-    assert_eq!(h.take(c), [Packet::Disconnect(Disconnect::with_reason(reason::PACKET_TOO_LARGE))]);
+    h.broker.handle_decode_error(
+        c,
+        &codec::DecodeError::PacketTooLarge { size: 10, max: 5 },
+        h.now,
+    );
+    assert_eq!(
+        h.take(c),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::PACKET_TOO_LARGE
+        ))]
+    );
     // v3.1.1 has no server DISCONNECT: just close.
     let c = h.connect("c3", V311, true);
-    h.broker.handle_decode_error(c, &codec::DecodeError::Malformed("test"), h.now);
+    h.broker
+        .handle_decode_error(c, &codec::DecodeError::Malformed("test"), h.now);
     assert!(h.take(c).is_empty());
     assert!(h.is_closed(c));
 }
@@ -736,13 +879,22 @@ fn publish_before_connect_and_second_connect_close() {
     assert!(h.is_closed(c));
     let c = h.connect("c", V5, true);
     h.send(c, Packet::Connect(Box::new(connect("c", V5, true))));
-    assert_eq!(h.take(c), [Packet::Disconnect(Disconnect::with_reason(reason::PROTOCOL_ERROR))]);
+    assert_eq!(
+        h.take(c),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::PROTOCOL_ERROR
+        ))]
+    );
     assert!(h.is_closed(c));
 }
 
 #[test]
 fn connect_timeout_closes_silent_sockets() {
-    let mut h = Harness::with(BrokerConfig { connect_timeout: 2, sys_interval: 0, ..Default::default() });
+    let mut h = Harness::with(BrokerConfig {
+        connect_timeout: 2,
+        sys_interval: 0,
+        ..Default::default()
+    });
     let c = h.broker.handle_open(h.now);
     h.advance(Duration::from_secs(4));
     assert!(h.is_closed(c));
@@ -750,7 +902,11 @@ fn connect_timeout_closes_silent_sockets() {
 
 #[test]
 fn full_queue_drops_and_counts() {
-    let mut h = Harness::with(BrokerConfig { max_queued_messages: 3, sys_interval: 0, ..Default::default() });
+    let mut h = Harness::with(BrokerConfig {
+        max_queued_messages: 3,
+        sys_interval: 0,
+        ..Default::default()
+    });
     let sub = h.connect("sub", V311, false);
     h.subscribe(sub, "q", QoS::AtLeastOnce);
     h.drop_conn(sub);
@@ -776,7 +932,9 @@ fn regression_packets_through_codec_and_machine() {
     let mut c = connect("a", V5, true);
     c.last_will = Some(will("will", "a", None));
     let (conn, _) = h.connect_with(c);
-    let p = decode(&[0xE0, 0x00]).expect("bare DISCONNECT decodes").expect("complete");
+    let p = decode(&[0xE0, 0x00])
+        .expect("bare DISCONNECT decodes")
+        .expect("complete");
     h.send(conn, p);
     h.drop_conn(conn);
     assert!(h.take(watcher).is_empty());
@@ -785,21 +943,36 @@ fn regression_packets_through_codec_and_machine() {
     let mut c = connect("b", V5, true);
     c.last_will = Some(will("will", "b", None));
     let (conn, _) = h.connect_with(c);
-    let p = decode(&[0xE0, 0x01, 0x04]).expect("reason-only DISCONNECT decodes").expect("complete");
+    let p = decode(&[0xE0, 0x01, 0x04])
+        .expect("reason-only DISCONNECT decodes")
+        .expect("complete");
     h.send(conn, p);
     h.drop_conn(conn);
     assert_eq!(payloads(&h.take(watcher)), ["b"]);
 
     // AUTH decodes; out of sequence it is a protocol error, not a crash.
     let conn = h.connect("c", V5, true);
-    let p = decode(&[0xF0, 0x00]).expect("AUTH decodes").expect("complete");
+    let p = decode(&[0xF0, 0x00])
+        .expect("AUTH decodes")
+        .expect("complete");
     h.send(conn, p);
-    assert_eq!(h.take(conn), [Packet::Disconnect(Disconnect::with_reason(reason::PROTOCOL_ERROR))]);
+    assert_eq!(
+        h.take(conn),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::PROTOCOL_ERROR
+        ))]
+    );
 
     // A duplicated property (two Session Expiry Intervals in DISCONNECT) is refused.
     let conn = h.connect("d", V5, true);
-    let err = decode(&[0xE0, 0x0C, 0x00, 0x0A, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2]).expect_err("duplicate property");
+    let err = decode(&[0xE0, 0x0C, 0x00, 0x0A, 0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2])
+        .expect_err("duplicate property");
     h.broker.handle_decode_error(conn, &err, h.now);
-    assert_eq!(h.take(conn), [Packet::Disconnect(Disconnect::with_reason(reason::PROTOCOL_ERROR))]);
+    assert_eq!(
+        h.take(conn),
+        [Packet::Disconnect(Disconnect::with_reason(
+            reason::PROTOCOL_ERROR
+        ))]
+    );
     assert_eq!(err.reason_code(), reason::PROTOCOL_ERROR);
 }

@@ -21,13 +21,23 @@ pub(super) struct PendingWill {
 impl Broker {
     /// Publishes `will` now, or after its delay when the session outlives the
     /// connection (the delay is capped by the session expiry interval).
-    pub(super) fn schedule_will(&mut self, will: LastWill, client_id: ByteString, session_expiry: u32, now: Instant) {
+    pub(super) fn schedule_will(
+        &mut self,
+        will: LastWill,
+        client_id: ByteString,
+        session_expiry: u32,
+        now: Instant,
+    ) {
         let delay = will.will_delay_interval.unwrap_or(0).min(session_expiry);
         if delay == 0 {
             return self.publish_will(will, client_id, now);
         }
         let at = now + Duration::from_secs(u64::from(delay));
-        self.wills.push(PendingWill { at, client_id, will });
+        self.wills.push(PendingWill {
+            at,
+            client_id,
+            will,
+        });
     }
 
     /// Drops the pending will of `client_id`: its session was resumed in time.

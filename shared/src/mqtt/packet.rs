@@ -233,12 +233,20 @@ pub struct PubResponse {
 impl PubResponse {
     /// A successful response for `packet_id`.
     pub fn new(packet_id: u16) -> Self {
-        PubResponse { packet_id, reason_code: 0, reason_string: None, user_properties: Vec::new() }
+        PubResponse {
+            packet_id,
+            reason_code: 0,
+            reason_string: None,
+            user_properties: Vec::new(),
+        }
     }
 
     /// A response with a reason code.
     pub fn with_reason(packet_id: u16, reason_code: u8) -> Self {
-        PubResponse { reason_code, ..PubResponse::new(packet_id) }
+        PubResponse {
+            reason_code,
+            ..PubResponse::new(packet_id)
+        }
     }
 }
 
@@ -344,7 +352,10 @@ pub struct Disconnect {
 impl Disconnect {
     /// A DISCONNECT carrying only a reason code.
     pub fn with_reason(reason_code: u8) -> Self {
-        Disconnect { reason_code, ..Disconnect::default() }
+        Disconnect {
+            reason_code,
+            ..Disconnect::default()
+        }
     }
 }
 
