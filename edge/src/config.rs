@@ -261,7 +261,18 @@ impl EdgeConfig {
             // Each layer alone must already fit the model: this is what lets an error
             // name the file or the environment it came from.
             let single = Config::builder().add_source(vec![layer.source.clone_into_box()]);
-            build(single, &layer.origin)?;
+            build(single, &layer.origin).map_err(|error| match error {
+                // Say which variables there are: the key alone may not show which one
+                // is wrong (TERN_MQTT_MAX_PACKET_SIZE reads as the key `mqtt_max_packet_size`).
+                ConfigError::Invalid {
+                    origin: Origin::Environment,
+                    message,
+                } => ConfigError::Invalid {
+                    origin: Origin::Environment,
+                    message: format!("{message} (set: {})", env_names(sources).join(", ")),
+                },
+                other => other,
+            })?;
         }
         let all: Vec<_> = layers.into_iter().map(|layer| layer.source).collect();
         let merged = Config::builder().add_source(all);
@@ -351,6 +362,20 @@ fn layers(sources: &ConfigSources) -> Result<Vec<Layer>, ConfigError> {
         source: Box::new(env),
     });
     Ok(layers)
+}
+
+/// The names of the `TERN_*` variables in the environment of `sources`, sorted.
+fn env_names(sources: &ConfigSources) -> Vec<String> {
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut names: Vec<String> = match &sources.env {
+        Some(vars) => vars.keys().cloned().collect(),
+        None => std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect(),
+    };
+    names.retain(|name| name.to_ascii_uppercase().starts_with(&prefix));
+    names.sort();
+    names
 }
 
 fn default_profile() -> (&'static str, &'static str) {
@@ -582,6 +607,21 @@ mod tests {
         assert!(msg.contains("unknown field `bnd`"), "{msg}");
         assert!(msg.contains("listeners.tcp"), "{msg}");
         assert!(msg.contains("environment"), "{msg}");
+        assert!(msg.contains("TERN_LISTENERS__TCP__BND"), "{msg}");
+    }
+
+    #[test]
+    fn single_underscore_variable_is_an_unknown_key() {
+        let vars = [
+            ("TERN_MQTT_MAX_PACKET_SIZE", "2048"),
+            ("TERN_LOG__LEVEL", "info"),
+        ];
+        let msg = load_err(&sources(None, None, &vars));
+        assert!(
+            msg.contains("unknown field `mqtt_max_packet_size`"),
+            "{msg}"
+        );
+        assert!(msg.contains("TERN_MQTT_MAX_PACKET_SIZE"), "{msg}");
     }
 
     #[test]

@@ -36,6 +36,10 @@ const WRITE_BUFFER_KEEP: usize = 256 * 1024;
 /// Longest a reader waits, per batch, for congested connections to drain.
 const THROTTLE_WAIT: Duration = Duration::from_millis(250);
 
+/// How long a connection we closed is read and discarded, waiting for the client to
+/// close its side too.
+const LINGER: Duration = Duration::from_millis(500);
+
 /// How long a closing connection's writer may take to flush before it is cut off.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
 
@@ -115,8 +119,6 @@ where
             _ = crate::server::stopped(&mut shutdown) => break End::Shutdown,
         }
     };
-    drop(reader);
-
     match &end {
         End::Eof => tracing::debug!(conn = conn.0, %peer, "connection closed by the client"),
         End::ReadError(error) => {
@@ -143,6 +145,18 @@ where
                 writer.abort();
             }
         }
+    }
+    let stopping = *shutdown.borrow();
+    if matches!(end, End::DecodeError(_) | End::WriterDone) && !stopping {
+        // We closed first, perhaps with input still unread: closing a socket with unread
+        // input sends RST, which can destroy our last packets (the DISCONNECT saying
+        // why) before the client reads them. Read and discard until the client closes
+        // (not at shutdown, which must be quick).
+        let mut sink = [0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(1..) = reader.read(&mut sink).await {}
+        })
+        .await;
     }
 }
 

@@ -375,3 +375,38 @@ async fn a_stuck_subscriber_does_not_stop_the_others() {
     drop(stuck);
     edge.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_disconnect_survives_unread_input() {
+    // The server stops reading at a decode error while the client still has bytes in
+    // flight; closing such a socket at once would send RST and could destroy the
+    // DISCONNECT before the client reads it.
+    let mut config = config();
+    config.mqtt.max_packet_size = 1024;
+    let (mut edge, addr) = start(config).await;
+    let mut client = Client::connect(addr, ProtocolVersion::V5, "late-reader").await;
+    let big = vec![b'x'; 256 * 1024];
+    let mut out = BytesMut::new();
+    for _ in 0..4 {
+        encode(
+            &Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "big".into(),
+                packet_id: None,
+                properties: PublishProperties::default(),
+                payload: Bytes::from(big.clone()),
+            }),
+            ProtocolVersion::V5,
+            &mut out,
+        );
+    }
+    let _ = client.stream.write_all(&out).await; // May fail once the server closes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match client.recv().await {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, 0x95, "{d:?}"),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    edge.shutdown().await;
+}
