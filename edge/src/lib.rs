@@ -7,6 +7,8 @@
 //! calls [`run`]. The tokio code here only moves bytes; every protocol decision is the
 //! broker's.
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod connection;
 mod listener;
