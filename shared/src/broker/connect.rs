@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use super::connection::{ConnId, ConnPhase};
+use super::persist::remove_entry;
 use super::session::{Awaiting, Session, SessionId};
 use super::Broker;
 use crate::mqtt::packet::{ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PubResponse};
@@ -109,6 +110,7 @@ impl Broker {
             s.expiry_interval = expiry;
             s.expires_at = None;
         }
+        self.persist_session(sid, false, now);
         self.stats.clients_connected += 1;
         tracing::debug!(?conn, client_id = %client_id, session_present, "client connected");
 
@@ -193,7 +195,7 @@ impl Broker {
             let f = &session.inflight[i];
             match f.state {
                 Awaiting::Comp => {
-                    self.outputs.push_back(super::Output::Send(
+                    self.outbox.push(super::Output::Send(
                         conn,
                         Packet::PubRel(PubResponse::new(f.packet_id)),
                     ));
@@ -209,13 +211,17 @@ impl Broker {
                     ) {
                         Some(p) => {
                             self.stats.messages_sent += 1;
-                            self.outputs
-                                .push_back(super::Output::Send(conn, Packet::Publish(p)));
+                            self.outbox
+                                .push(super::Output::Send(conn, Packet::Publish(p)));
                             i += 1;
                         }
                         None => {
                             // Expired, or too large for this client: it counts as delivered.
-                            session.inflight.remove(i);
+                            if let Some(done) = session.inflight.remove(i) {
+                                if session.persisted {
+                                    self.outbox.op(remove_entry(session, done.delivery.seq));
+                                }
+                            }
                         }
                     }
                 }
@@ -283,6 +289,7 @@ impl Broker {
             self.end_session(sid, now);
         } else if let Some(session) = self.sessions.get_mut(&sid) {
             session.expires_at = now.checked_add(Duration::from_secs(u64::from(expiry)));
+            self.persist_session(sid, true, now);
         }
     }
 
@@ -298,6 +305,7 @@ impl Broker {
         if self.by_client_id.get(&session.client_id) == Some(&sid) {
             self.by_client_id.remove(&session.client_id);
         }
+        self.forget_session(&session.client_id, session.persisted);
         self.fire_will_now(&session.client_id, now);
     }
 

@@ -14,6 +14,10 @@
 mod config;
 mod connect;
 mod connection;
+mod outbox;
+mod persist;
+#[cfg(test)]
+mod persist_tests;
 mod publish;
 mod session;
 mod subscribe;
@@ -22,16 +26,19 @@ mod sys;
 mod tests;
 mod will;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
 pub use config::BrokerConfig;
 pub use connection::ConnId;
+pub use outbox::StoreBatch;
 pub use sys::Stats;
 
 use self::connection::{ConnPhase, Connection};
+use self::outbox::Outbox;
+use self::persist::Persistence;
 use self::session::{Session, SessionId};
 use self::will::PendingWill;
 use crate::mqtt::codec::DecodeError;
@@ -71,7 +78,8 @@ pub struct Broker {
     router: Router<SessionId>,
     retained: RetainedStore,
     wills: Vec<PendingWill>,
-    outputs: VecDeque<Output>,
+    outbox: Outbox,
+    persistence: Persistence,
     next_scan: Instant,
     next_sys: Option<Instant>,
     stats: Stats,
@@ -94,7 +102,8 @@ impl Broker {
             router: Router::default(),
             retained: RetainedStore::default(),
             wills: Vec::new(),
-            outputs: VecDeque::new(),
+            outbox: Outbox::new(),
+            persistence: Persistence::default(),
             next_scan: now + SCAN_INTERVAL,
             next_sys,
             stats: Stats::default(),
@@ -158,7 +167,7 @@ impl Broker {
             Packet::PubRel(rel) => self.handle_pubrel(conn, sid, rel.packet_id),
             Packet::PubComp(comp) => self.handle_pubcomp(conn, sid, comp.packet_id, now),
             Packet::Subscribe(sub) => self.handle_subscribe(conn, sid, sub, now),
-            Packet::Unsubscribe(unsub) => self.handle_unsubscribe(conn, sid, unsub),
+            Packet::Unsubscribe(unsub) => self.handle_unsubscribe(conn, sid, unsub, now),
             Packet::PingReq => self.send(conn, Packet::PingResp),
             Packet::Disconnect(d) => self.handle_disconnect(conn, sid, d, now),
             Packet::Connect(_) => {
@@ -235,7 +244,7 @@ impl Broker {
 
     /// The next thing for the I/O layer to do.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.outbox.poll_output()
     }
 
     /// When `handle_timeout` should be called next, if ever.
@@ -277,7 +286,7 @@ impl Broker {
     }
 
     fn send(&mut self, conn: ConnId, packet: Packet) {
-        self.outputs.push_back(Output::Send(conn, packet));
+        self.outbox.push(Output::Send(conn, packet));
     }
 
     /// Closes `conn` from our side: a v5 DISCONNECT with `reason_code` first when the
@@ -299,7 +308,7 @@ impl Broker {
         if let (true, true, Some(code)) = (was_connected, v5, reason_code) {
             self.send(conn, Packet::Disconnect(Disconnect::with_reason(code)));
         }
-        self.outputs.push_back(Output::Close(conn));
+        self.outbox.push(Output::Close(conn));
     }
 }
 

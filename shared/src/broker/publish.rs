@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::connection::{ConnId, Connection};
+use super::persist::{remove_entry, update_entry};
 use super::session::{Awaiting, Delivery, Inflight, SessionId};
 use super::{Broker, Output};
 use crate::message::{Message, QoS};
@@ -13,6 +14,7 @@ use crate::mqtt::codec::encoded_len;
 use crate::mqtt::packet::{Packet, PubResponse, Publish, PublishProperties};
 use crate::mqtt::reason;
 use crate::mqtt::topic::valid_topic_name;
+use crate::store::{EntryState, StoreOp};
 
 impl Broker {
     pub(super) fn handle_publish(
@@ -67,6 +69,13 @@ impl Broker {
                 return self.close(conn, Some(reason::RECEIVE_MAXIMUM_EXCEEDED), now);
             }
             session.incoming_qos2.insert(packet_id);
+            if session.persisted {
+                let client_id = session.client_id.clone();
+                self.outbox.op(StoreOp::AddIncomingQos2 {
+                    client_id,
+                    packet_id,
+                });
+            }
         }
         let origin = match self.sessions.get(&sid) {
             Some(s) => s.client_id.clone(),
@@ -88,6 +97,7 @@ impl Broker {
         let msg = Arc::new(msg);
         if msg.retain && self.config.retain_available {
             self.retained.set(Arc::clone(&msg));
+            self.persist_retained(&msg, now);
         }
         self.route_message(&msg, now);
     }
@@ -97,6 +107,7 @@ impl Broker {
     fn route_message(&mut self, msg: &Arc<Message>, now: Instant) {
         let mut routes = std::mem::take(&mut self.route_buf);
         routes.clear();
+        self.persistence.start_message();
         self.router.route(&msg.topic, &mut routes);
         if routes.len() > 1 {
             routes.sort_unstable_by_key(|r| r.subscriber);
@@ -126,6 +137,7 @@ impl Broker {
                 self.deliver(
                     sid,
                     Delivery {
+                        seq: 0,
                         msg: Arc::clone(msg),
                         qos,
                         retain,
@@ -139,61 +151,75 @@ impl Broker {
     }
 
     /// Sends `d` now if the session is online and its window allows, else queues it
-    /// (QoS 0 is not queued for offline sessions, as in Mosquitto's default).
-    pub(super) fn deliver(&mut self, sid: SessionId, d: Delivery, now: Instant) {
+    /// (QoS 0 is not queued for offline sessions, as in Mosquitto's default). A QoS 1/2
+    /// delivery to a persisted session is stored in the same batch.
+    pub(super) fn deliver(&mut self, sid: SessionId, mut d: Delivery, now: Instant) {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let Some(conn) = session.conn else {
-            if d.qos != QoS::AtMostOnce {
-                self.enqueue(sid, d);
-            }
-            return;
-        };
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
+        let conn = session
+            .conn
+            .and_then(|id| Some((id, self.conns.get_mut(&id)?)));
         if d.qos == QoS::AtMostOnce {
-            if let Some(p) = publish_packet(c, &d, None, false, now) {
-                self.stats.messages_sent += 1;
-                self.outputs
-                    .push_back(Output::Send(conn, Packet::Publish(p)));
+            if let Some((conn, c)) = conn {
+                if let Some(p) = publish_packet(c, &d, None, false, now) {
+                    self.stats.messages_sent += 1;
+                    self.outbox.push(Output::Send(conn, Packet::Publish(p)));
+                }
             }
             return;
         }
-        if session.inflight.len() >= usize::from(c.send_window) || !session.queue.is_empty() {
-            return self.enqueue(sid, d);
+        d.seq = session.take_seq();
+        let window_open = conn.as_ref().is_some_and(|(_, c)| {
+            session.inflight.len() < usize::from(c.send_window) && session.queue.is_empty()
+        });
+        if !window_open {
+            if session.queue.len() >= self.config.max_queued_messages {
+                self.stats.messages_dropped += 1;
+                if self.stats.messages_dropped.is_power_of_two() {
+                    tracing::warn!(client_id = %session.client_id, dropped = self.stats.messages_dropped, "session queue full; dropping messages");
+                }
+                return;
+            }
+            if session.persisted {
+                let op = self.persistence.enqueue(
+                    &mut self.outbox,
+                    session,
+                    &d,
+                    EntryState::Queued,
+                    now,
+                );
+                self.outbox.op(op);
+            }
+            session.queue.push_back(d);
+            return;
         }
-        let packet_id = session.allocate_packet_id();
-        if let Some(p) = publish_packet(c, &d, Some(packet_id), false, now) {
-            let state = if d.qos == QoS::AtLeastOnce {
-                Awaiting::Ack
-            } else {
-                Awaiting::Rec
-            };
-            session.inflight.push_back(Inflight {
-                packet_id,
-                state,
-                delivery: d,
-            });
-            self.stats.messages_sent += 1;
-            self.outputs
-                .push_back(Output::Send(conn, Packet::Publish(p)));
-        }
-    }
-
-    fn enqueue(&mut self, sid: SessionId, d: Delivery) {
-        let Some(session) = self.sessions.get_mut(&sid) else {
+        let Some((conn, c)) = conn else {
             return;
         };
-        if session.queue.len() >= self.config.max_queued_messages {
-            self.stats.messages_dropped += 1;
-            if self.stats.messages_dropped.is_power_of_two() {
-                tracing::warn!(client_id = %session.client_id, dropped = self.stats.messages_dropped, "session queue full; dropping messages");
-            }
-            return;
+        let packet_id = session.allocate_packet_id();
+        // Invariant: packets are built for QoS 1/2 only past the QoS 0 branch above.
+        let Some(p) = publish_packet(c, &d, Some(packet_id), false, now) else {
+            return; // Expired or too large for this client: counts as delivered.
+        };
+        let awaiting = Awaiting::first(d.qos);
+        if session.persisted {
+            let op = self.persistence.enqueue(
+                &mut self.outbox,
+                session,
+                &d,
+                awaiting.entry_state(packet_id),
+                now,
+            );
+            self.outbox.op(op);
         }
-        session.queue.push_back(d);
+        session.inflight.push_back(Inflight {
+            packet_id,
+            state: awaiting,
+            delivery: d,
+        });
+        self.stats.messages_sent += 1;
+        self.outbox.push(Output::Send(conn, Packet::Publish(p)));
     }
 
     /// Moves queued deliveries into the in-flight window while it has room.
@@ -211,25 +237,28 @@ impl Broker {
             let Some(d) = session.queue.pop_front() else {
                 break;
             };
-            let packet_id = (d.qos != QoS::AtMostOnce).then(|| session.allocate_packet_id());
-            let Some(p) = publish_packet(c, &d, packet_id, false, now) else {
+            let packet_id = session.allocate_packet_id();
+            let Some(p) = publish_packet(c, &d, Some(packet_id), false, now) else {
+                if session.persisted {
+                    self.outbox.op(remove_entry(session, d.seq));
+                }
                 continue;
             };
-            if let Some(packet_id) = packet_id {
-                let state = if d.qos == QoS::AtLeastOnce {
-                    Awaiting::Ack
-                } else {
-                    Awaiting::Rec
-                };
-                session.inflight.push_back(Inflight {
-                    packet_id,
-                    state,
-                    delivery: d,
-                });
+            let awaiting = Awaiting::first(d.qos);
+            if session.persisted {
+                self.outbox.op(update_entry(
+                    session,
+                    d.seq,
+                    awaiting.entry_state(packet_id),
+                ));
             }
+            session.inflight.push_back(Inflight {
+                packet_id,
+                state: awaiting,
+                delivery: d,
+            });
             self.stats.messages_sent += 1;
-            self.outputs
-                .push_back(Output::Send(conn, Packet::Publish(p)));
+            self.outbox.push(Output::Send(conn, Packet::Publish(p)));
         }
     }
 
@@ -266,7 +295,11 @@ impl Broker {
         };
         match session.find_inflight(packet_id, state) {
             Some(pos) => {
-                session.inflight.remove(pos);
+                if let Some(done) = session.inflight.remove(pos) {
+                    if session.persisted {
+                        self.outbox.op(remove_entry(session, done.delivery.seq));
+                    }
+                }
                 self.pump(sid, now);
             }
             None => tracing::debug!(?conn, packet_id, "acknowledgement for an unknown packet id"),
@@ -286,12 +319,20 @@ impl Broker {
         };
         let id = rec.packet_id;
         if let Some(pos) = session.find_inflight(id, Awaiting::Rec) {
+            let seq = session.inflight[pos].delivery.seq;
             if rec.reason_code >= 0x80 {
                 // The client refused the message: the flow ends here (MQTT 5 §4.3.3).
                 session.inflight.remove(pos);
+                if session.persisted {
+                    self.outbox.op(remove_entry(session, seq));
+                }
                 return self.pump(sid, now);
             }
             session.inflight[pos].state = Awaiting::Comp;
+            if session.persisted {
+                self.outbox
+                    .op(update_entry(session, seq, Awaiting::Comp.entry_state(id)));
+            }
             return self.send(conn, Packet::PubRel(PubResponse::new(id)));
         }
         let code = if session.find_inflight(id, Awaiting::Comp).is_some() || !v5 {
@@ -307,7 +348,15 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let code = if session.incoming_qos2.remove(&packet_id) || !v5 {
+        let known = session.incoming_qos2.remove(&packet_id);
+        if known && session.persisted {
+            let client_id = session.client_id.clone();
+            self.outbox.op(StoreOp::RemoveIncomingQos2 {
+                client_id,
+                packet_id,
+            });
+        }
+        let code = if known || !v5 {
             reason::SUCCESS
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND

@@ -14,6 +14,7 @@ use super::connection::ConnId;
 use crate::message::{Message, QoS};
 use crate::mqtt::packet::ProtocolVersion;
 use crate::router::Subscription;
+use crate::store::EntryState;
 
 /// Identifies a session in the router; never reused within one broker's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,6 +23,8 @@ pub(crate) struct SessionId(pub(crate) u64);
 /// A message on its way to one subscriber, with the per-subscriber decisions taken.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
+    /// Position in the session's queue, for the store (increasing per session).
+    pub(crate) seq: u64,
     /// The shared message.
     pub(crate) msg: Arc<Message>,
     /// QoS granted for this subscriber (≤ publish QoS and ≤ subscription QoS).
@@ -41,6 +44,26 @@ pub(crate) enum Awaiting {
     Rec,
     /// PUBREL sent, waiting for PUBCOMP (the message itself is no longer needed).
     Comp,
+}
+
+impl Awaiting {
+    /// What a fresh delivery at `qos` (1 or 2) waits for first.
+    pub(crate) fn first(qos: QoS) -> Awaiting {
+        if qos == QoS::ExactlyOnce {
+            Awaiting::Rec
+        } else {
+            Awaiting::Ack
+        }
+    }
+
+    /// The stored form of this state with its packet id.
+    pub(crate) fn entry_state(self, packet_id: u16) -> EntryState {
+        match self {
+            Awaiting::Ack => EntryState::AwaitPubAck { packet_id },
+            Awaiting::Rec => EntryState::AwaitPubRec { packet_id },
+            Awaiting::Comp => EntryState::AwaitPubComp { packet_id },
+        }
+    }
 }
 
 /// An outgoing QoS 1/2 delivery that the client has not completed yet.
@@ -72,7 +95,11 @@ pub(crate) struct Session {
     pub(crate) queue: VecDeque<Delivery>,
     /// Incoming QoS 2 packet ids that got PUBREC and wait for PUBREL.
     pub(crate) incoming_qos2: HashSet<u16>,
-    next_packet_id: u16,
+    /// The store holds a record of this session, so its changes are persisted.
+    pub(crate) persisted: bool,
+    /// Sequence for the next delivery.
+    pub(crate) next_seq: u64,
+    pub(crate) next_packet_id: u16,
 }
 
 impl Session {
@@ -87,6 +114,8 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             incoming_qos2: HashSet::new(),
+            persisted: false,
+            next_seq: 0,
             next_packet_id: 0,
         }
     }
@@ -104,6 +133,12 @@ impl Session {
                 return id;
             }
         }
+    }
+
+    /// The sequence number for a new delivery.
+    pub(crate) fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
     }
 
     /// Position of the in-flight delivery with `packet_id` in `state`.

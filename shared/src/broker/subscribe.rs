@@ -71,6 +71,7 @@ impl Broker {
                 retained_for.push((filter, subscription));
             }
         }
+        self.persist_session(sid, false, now);
         self.send(
             conn,
             Packet::SubAck(SubAck {
@@ -84,11 +85,13 @@ impl Broker {
             matches.clear();
             self.retained.matching(&filter, &mut matches);
             for msg in matches.drain(..) {
+                self.persistence.start_message();
                 let qos = subscription.options.qos.min(msg.qos);
                 let subscription_ids = subscription.identifier.into_iter().collect();
                 self.deliver(
                     sid,
                     Delivery {
+                        seq: 0,
                         msg: Arc::clone(&msg),
                         qos,
                         retain: true,
@@ -100,7 +103,13 @@ impl Broker {
         }
     }
 
-    pub(super) fn handle_unsubscribe(&mut self, conn: ConnId, sid: SessionId, unsub: Unsubscribe) {
+    pub(super) fn handle_unsubscribe(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        unsub: Unsubscribe,
+        now: Instant,
+    ) {
         let mut reason_codes = Vec::with_capacity(unsub.filters.len());
         for filter in unsub.filters {
             let existed = self.router.unsubscribe(&filter, sid);
@@ -113,6 +122,7 @@ impl Broker {
                 reason::NO_SUBSCRIPTION_EXISTED
             });
         }
+        self.persist_session(sid, false, now);
         self.send(
             conn,
             Packet::UnsubAck(UnsubAck {

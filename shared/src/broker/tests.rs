@@ -11,13 +11,16 @@ use crate::message::QoS;
 use crate::mqtt::codec;
 use crate::mqtt::packet::*;
 use crate::mqtt::reason;
+use crate::store::{MemoryStore, Store};
 
 use ProtocolVersion::{V311, V5};
 
-/// Drives one broker on virtual time and sorts its output per connection.
-struct Harness {
-    broker: Broker,
-    now: Instant,
+/// Drives one broker on virtual time and sorts its output per connection. With a
+/// store, every batch the broker issues is applied and committed at once.
+pub(super) struct Harness {
+    pub(super) broker: Broker,
+    pub(super) now: Instant,
+    pub(super) store: Option<MemoryStore>,
     inbox: HashMap<ConnId, Vec<Packet>>,
     closed: Vec<ConnId>,
 }
@@ -35,12 +38,37 @@ impl Harness {
         Harness {
             broker: Broker::new(config, now),
             now,
+            store: None,
+            inbox: HashMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    /// A broker restored from `store` (as after a restart), committing into it.
+    pub(super) fn persistent(store: MemoryStore, now: Instant) -> Self {
+        let config = BrokerConfig {
+            sys_interval: 0,
+            ..BrokerConfig::default()
+        };
+        let mut broker = Broker::new(config, now);
+        let snapshot = store.load().expect("load");
+        broker.restore(snapshot, now, 1_000_000);
+        Harness {
+            broker,
+            now,
+            store: Some(store),
             inbox: HashMap::new(),
             closed: Vec::new(),
         }
     }
 
     fn drain(&mut self) {
+        if let Some(store) = &mut self.store {
+            while let Some(batch) = self.broker.poll_store_batch() {
+                store.apply(&batch.ops).expect("batch applies");
+                self.broker.handle_store_committed(batch.id);
+            }
+        }
         while let Some(out) = self.broker.poll_output() {
             match out {
                 Output::Send(c, p) => {
@@ -53,22 +81,22 @@ impl Harness {
     }
 
     /// Everything sent to `c` since the last call.
-    fn take(&mut self, c: ConnId) -> Vec<Packet> {
+    pub(super) fn take(&mut self, c: ConnId) -> Vec<Packet> {
         self.drain();
         self.inbox.remove(&c).unwrap_or_default()
     }
 
-    fn is_closed(&mut self, c: ConnId) -> bool {
+    pub(super) fn is_closed(&mut self, c: ConnId) -> bool {
         self.drain();
         self.closed.contains(&c)
     }
 
-    fn send(&mut self, c: ConnId, p: Packet) {
+    pub(super) fn send(&mut self, c: ConnId, p: Packet) {
         self.broker.handle_packet(c, p, self.now);
     }
 
     /// Advances virtual time in small steps, firing timers as the I/O layer would.
-    fn advance(&mut self, d: Duration) {
+    pub(super) fn advance(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
             self.now = (self.now + Duration::from_millis(100)).min(end);
@@ -80,12 +108,12 @@ impl Harness {
     }
 
     /// Socket closed from the client side (or after our Close).
-    fn drop_conn(&mut self, c: ConnId) {
+    pub(super) fn drop_conn(&mut self, c: ConnId) {
         self.broker.handle_closed(c, self.now);
         self.drain();
     }
 
-    fn connect_with(&mut self, connect: Connect) -> (ConnId, ConnAck) {
+    pub(super) fn connect_with(&mut self, connect: Connect) -> (ConnId, ConnAck) {
         let c = self.broker.handle_open(self.now);
         self.send(c, Packet::Connect(Box::new(connect)));
         let mut out = self.take(c);
@@ -99,17 +127,17 @@ impl Harness {
         (c, ack)
     }
 
-    fn connect(&mut self, id: &str, version: ProtocolVersion, clean: bool) -> ConnId {
+    pub(super) fn connect(&mut self, id: &str, version: ProtocolVersion, clean: bool) -> ConnId {
         let (c, ack) = self.connect_with(connect(id, version, clean));
         assert_eq!(ack.reason_code, 0);
         c
     }
 
-    fn subscribe(&mut self, c: ConnId, filter: &str, qos: QoS) -> Vec<u8> {
+    pub(super) fn subscribe(&mut self, c: ConnId, filter: &str, qos: QoS) -> Vec<u8> {
         self.subscribe_opts(c, filter, SubscriptionOptions::new(qos), None)
     }
 
-    fn subscribe_opts(
+    pub(super) fn subscribe_opts(
         &mut self,
         c: ConnId,
         filter: &str,
@@ -136,7 +164,14 @@ impl Harness {
         codes
     }
 
-    fn publish(&mut self, c: ConnId, topic: &str, payload: &str, qos: QoS, retain: bool) {
+    pub(super) fn publish(
+        &mut self,
+        c: ConnId,
+        topic: &str,
+        payload: &str,
+        qos: QoS,
+        retain: bool,
+    ) {
         let packet_id = (qos != QoS::AtMostOnce).then_some(7);
         self.send(
             c,
@@ -145,7 +180,7 @@ impl Harness {
     }
 }
 
-fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
+pub(super) fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
     Connect {
         protocol: version,
         clean_start: clean,
@@ -158,7 +193,13 @@ fn connect(id: &str, version: ProtocolVersion, clean: bool) -> Connect {
     }
 }
 
-fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, packet_id: Option<u16>) -> Publish {
+pub(super) fn publish(
+    topic: &str,
+    payload: &str,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<u16>,
+) -> Publish {
     Publish {
         dup: false,
         qos,
@@ -170,7 +211,7 @@ fn publish(topic: &str, payload: &str, qos: QoS, retain: bool, packet_id: Option
     }
 }
 
-fn publishes(packets: &[Packet]) -> Vec<&Publish> {
+pub(super) fn publishes(packets: &[Packet]) -> Vec<&Publish> {
     packets
         .iter()
         .filter_map(|p| match p {
@@ -180,14 +221,14 @@ fn publishes(packets: &[Packet]) -> Vec<&Publish> {
         .collect()
 }
 
-fn payloads(packets: &[Packet]) -> Vec<String> {
+pub(super) fn payloads(packets: &[Packet]) -> Vec<String> {
     publishes(packets)
         .iter()
         .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
         .collect()
 }
 
-fn will(topic: &str, payload: &str, delay: Option<u32>) -> LastWill {
+pub(super) fn will(topic: &str, payload: &str, delay: Option<u32>) -> LastWill {
     LastWill {
         topic: topic.into(),
         payload: Bytes::copy_from_slice(payload.as_bytes()),

@@ -1,0 +1,179 @@
+//! Outputs and store operations, and the rule that ties them: nothing leaves before
+//! the store operations it follows are durable.
+//!
+//! With persistence on, every state change that must survive a restart becomes a
+//! [`StoreOp`]. Ops collect into the open batch; the I/O layer takes it with
+//! `poll_store_batch`, applies it (one transaction, possibly merged with others: group
+//! commit) and reports `handle_store_committed`. An output produced while ops are
+//! pending, or while an earlier batch is uncommitted, is held and released in order
+//! once its batch commits. So a PUBACK or PUBREC never reaches a publisher before the
+//! message is on disk, and outputs keep the order they were produced in. With nothing
+//! pending and nothing uncommitted, outputs pass straight through.
+
+use std::collections::VecDeque;
+
+use super::Output;
+use crate::store::StoreOp;
+
+/// A group of store operations to apply atomically, then acknowledge by `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreBatch {
+    /// Increasing batch number; `handle_store_committed(id)` releases what waited on it.
+    pub id: u64,
+    /// The operations, in order.
+    pub ops: Vec<StoreOp>,
+}
+
+/// Outputs ready to go, outputs held for durability, and the open store batch.
+#[derive(Debug)]
+pub(super) struct Outbox {
+    ready: VecDeque<Output>,
+    held: VecDeque<(u64, Output)>,
+    ops: Vec<StoreOp>,
+    persistent: bool,
+    /// Number the pending ops will carry.
+    open_batch: u64,
+    /// Every batch up to this number is durable.
+    committed: u64,
+}
+
+impl Outbox {
+    pub(super) fn new() -> Self {
+        Outbox {
+            ready: VecDeque::new(),
+            held: VecDeque::new(),
+            ops: Vec::new(),
+            persistent: false,
+            open_batch: 1,
+            committed: 0,
+        }
+    }
+
+    /// From now on, state changes produce store ops and outputs wait for them.
+    pub(super) fn enable_persistence(&mut self) {
+        self.persistent = true;
+    }
+
+    /// True when store ops are recorded.
+    pub(super) fn is_persistent(&self) -> bool {
+        self.persistent
+    }
+
+    pub(super) fn push(&mut self, output: Output) {
+        let must_wait = !self.ops.is_empty() || self.committed + 1 < self.open_batch;
+        if self.persistent && must_wait {
+            self.held.push_back((self.open_batch, output));
+        } else {
+            self.ready.push_back(output);
+        }
+    }
+
+    /// Records `op` in the open batch (a no-op without persistence).
+    pub(super) fn op(&mut self, op: StoreOp) {
+        if self.persistent {
+            self.ops.push(op);
+        }
+    }
+
+    pub(super) fn poll_output(&mut self) -> Option<Output> {
+        self.ready.pop_front()
+    }
+
+    /// Closes the open batch. A batch without ops is still issued when outputs wait
+    /// on it, so that they are released in order behind the batches before it.
+    pub(super) fn poll_batch(&mut self) -> Option<StoreBatch> {
+        let waiting = self.held.back().is_some_and(|(b, _)| *b == self.open_batch);
+        if !self.persistent || (self.ops.is_empty() && !waiting) {
+            return None;
+        }
+        let id = self.open_batch;
+        self.open_batch += 1;
+        Some(StoreBatch {
+            id,
+            ops: std::mem::take(&mut self.ops),
+        })
+    }
+
+    /// Batch `id` (and so every earlier one) is durable: release what waited on it.
+    pub(super) fn committed(&mut self, id: u64) {
+        self.committed = self.committed.max(id);
+        while self.held.front().is_some_and(|(b, _)| *b <= self.committed) {
+            if let Some((_, output)) = self.held.pop_front() {
+                self.ready.push_back(output);
+            }
+        }
+    }
+
+    /// Batch `id` failed: its held outputs are handed back to the caller to decide on,
+    /// and later batches may proceed.
+    pub(super) fn failed(&mut self, id: u64) -> Vec<Output> {
+        let mut lost = Vec::new();
+        while self.held.front().is_some_and(|(b, _)| *b <= id) {
+            if let Some((_, output)) = self.held.pop_front() {
+                lost.push(output);
+            }
+        }
+        self.committed = self.committed.max(id);
+        lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ConnId;
+    use crate::mqtt::packet::Packet;
+
+    fn ping(n: u64) -> Output {
+        Output::Send(ConnId(n), Packet::PingResp)
+    }
+
+    fn drain(o: &mut Outbox) -> Vec<Output> {
+        std::iter::from_fn(|| o.poll_output()).collect()
+    }
+
+    #[test]
+    fn without_persistence_everything_passes() {
+        let mut o = Outbox::new();
+        o.op(StoreOp::DeleteRetained { topic: "t".into() });
+        o.push(ping(1));
+        assert_eq!(drain(&mut o), [ping(1)]);
+        assert_eq!(o.poll_batch(), None);
+    }
+
+    #[test]
+    fn outputs_wait_for_their_batch_and_keep_order() {
+        let mut o = Outbox::new();
+        o.enable_persistence();
+        o.push(ping(1));
+        o.op(StoreOp::DeleteRetained { topic: "t".into() });
+        o.push(ping(2));
+        assert_eq!(drain(&mut o), [ping(1)]);
+        let b1 = o.poll_batch().expect("batch");
+        // Batch 1 is not yet durable: an output without ops of its own waits too.
+        o.push(ping(3));
+        assert!(drain(&mut o).is_empty());
+        let b2 = o
+            .poll_batch()
+            .expect("empty batch carrying the waiting output");
+        assert!(b2.ops.is_empty());
+        o.committed(b1.id);
+        assert_eq!(drain(&mut o), [ping(2)]);
+        o.committed(b2.id);
+        assert_eq!(drain(&mut o), [ping(3)]);
+        o.push(ping(4));
+        assert_eq!(drain(&mut o), [ping(4)]);
+    }
+
+    #[test]
+    fn a_failed_batch_hands_back_its_outputs() {
+        let mut o = Outbox::new();
+        o.enable_persistence();
+        o.op(StoreOp::DeleteRetained { topic: "t".into() });
+        o.push(ping(1));
+        let b = o.poll_batch().expect("batch");
+        assert_eq!(o.failed(b.id), [ping(1)]);
+        o.push(ping(2));
+        assert_eq!(drain(&mut o), [ping(2)]);
+    }
+}
