@@ -224,8 +224,22 @@ pub async fn run(preset: Preset, args: &LoadArgs, global: &Global, paced: Option
             .notes
             .push("latency measured under saturation, from each batch's send time".to_string());
     }
+    if outcome.totals.sent > 0 && outcome.totals.expected > 0 && outcome.totals.delivered == 0 {
+        report.notes.push(
+            "nothing was delivered at all, although the broker granted every subscription"
+                .to_string(),
+        );
+    }
     report.throughput = Some(Throughput::from_outcome(&outcome));
     report.latency = Latency::from_histogram(&outcome.latency);
     report.send_lag = outcome.send_lag.as_ref().and_then(Latency::from_histogram);
+    if let Some(lag) = &report.send_lag {
+        if lag.p99_us > 1_000.0 {
+            report.notes.push(format!(
+                "tern-bench fell behind its schedule (send lag p99 {:.0} µs): client and broker together could not sustain this rate here, and the latency includes that",
+                lag.p99_us
+            ));
+        }
+    }
     report
 }
