@@ -223,6 +223,11 @@ pub async fn run(preset: Preset, args: &LoadArgs, global: &Global, paced: Option
         report
             .notes
             .push("latency measured under saturation, from each batch's send time".to_string());
+    } else if paced.is_none() {
+        report.notes.push(
+            "latency from intended send times on a millisecond-granular schedule; the latency scenario paces precisely"
+                .to_string(),
+        );
     }
     if outcome.totals.sent > 0 && outcome.totals.expected > 0 && outcome.totals.delivered == 0 {
         report.notes.push(
