@@ -4,6 +4,7 @@
 //! turns packets and time into packets to send, and nothing touches a socket or a
 //! clock of its own. The binaries only move bytes between sockets and these machines.
 
+pub mod auth;
 pub mod broker;
 pub mod message;
 pub mod mqtt;

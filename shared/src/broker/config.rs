@@ -28,6 +28,11 @@ pub struct BrokerConfig {
     pub connect_timeout: u16,
     /// Most topic levels in a name or filter (0 = unlimited).
     pub max_topic_levels: usize,
+    /// Longest topic name or filter in bytes (the protocol's own limit is 65535).
+    pub max_topic_length: usize,
+    /// Most subscriptions one session may hold (0 = unlimited); beyond it SUBACK
+    /// answers 0x97 (quota exceeded).
+    pub max_subscriptions: usize,
     /// Retained messages supported.
     pub retain_available: bool,
     /// Wildcard subscriptions supported.
@@ -52,6 +57,8 @@ impl Default for BrokerConfig {
             max_session_expiry: 7 * 24 * 3600,
             connect_timeout: 10,
             max_topic_levels: 32,
+            max_topic_length: 1024,
+            max_subscriptions: 1000,
             retain_available: true,
             wildcard_subscription_available: true,
             shared_subscription_available: true,

@@ -104,11 +104,15 @@ impl Broker {
             .max(1);
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
         c.will = connect.last_will;
+        c.identity.username = connect.username.clone();
+        c.identity.client_id = client_id.clone();
+        let identity = c.identity.clone();
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.conn = Some(conn);
             s.version = connect.protocol;
             s.expiry_interval = expiry;
             s.expires_at = None;
+            s.identity = identity;
         }
         self.persist_session(sid, false, now);
         self.stats.clients_connected += 1;
@@ -148,7 +152,7 @@ impl Broker {
     }
 
     /// Refuses a CONNECT with a CONNACK carrying `code`, then closes.
-    fn refuse(&mut self, conn: ConnId, code: u8, now: Instant) {
+    pub(super) fn refuse(&mut self, conn: ConnId, code: u8, now: Instant) {
         self.send(
             conn,
             Packet::ConnAck(ConnAck {
@@ -272,6 +276,7 @@ impl Broker {
         };
         c.phase = ConnPhase::Closing;
         let will = c.will.take();
+        let identity = c.identity.clone();
         self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
@@ -281,9 +286,8 @@ impl Broker {
         }
         session.conn = None;
         let expiry = session.expiry_interval;
-        let client_id = session.client_id.clone();
         if let Some(will) = will {
-            self.schedule_will(will, client_id, expiry, now);
+            self.schedule_will(will, identity, expiry, now);
         }
         if expiry == 0 {
             self.end_session(sid, now);

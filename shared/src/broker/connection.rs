@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 
 use super::session::SessionId;
-use crate::mqtt::packet::{LastWill, ProtocolVersion};
+use crate::auth::Identity;
+use crate::mqtt::packet::{Connect, LastWill, Packet, ProtocolVersion};
 
 /// Identifies one network connection for its whole life (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -18,6 +19,8 @@ pub struct ConnId(pub u64);
 pub(crate) enum ConnPhase {
     /// Accepted, CONNECT not yet received.
     AwaitingConnect,
+    /// CONNECT received and parked until the I/O layer has checked the credentials.
+    Authenticating,
     /// CONNECT accepted; bound to a session.
     Connected(SessionId),
     /// We asked the I/O layer to close it; input is ignored until `handle_closed`.
@@ -45,6 +48,10 @@ pub(crate) struct Connection {
     pub(crate) inbound_aliases: HashMap<u16, ByteString>,
     /// Aliases we set up towards the client.
     pub(crate) outbound_aliases: HashMap<ByteString, u16>,
+    /// Who the client is, for access control.
+    pub(crate) identity: Identity,
+    /// The CONNECT waiting for authentication, and packets pipelined behind it.
+    pub(crate) parked: Option<(Box<Connect>, Vec<Packet>)>,
 }
 
 impl Connection {
@@ -61,6 +68,8 @@ impl Connection {
             client_topic_alias_max: 0,
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
+            identity: Identity::default(),
+            parked: None,
         }
     }
 

@@ -11,6 +11,9 @@
 //! QoS 1/2 flows), `subscribe` (SUBSCRIBE/UNSUBSCRIBE, retained on subscribe),
 //! `will` (wills and their delay), `sys` (`$SYS/broker/...`).
 
+mod access;
+#[cfg(test)]
+mod access_tests;
 mod config;
 mod connect;
 mod connection;
@@ -41,6 +44,8 @@ use self::outbox::Outbox;
 use self::persist::Persistence;
 use self::session::{Session, SessionId};
 use self::will::PendingWill;
+use crate::auth::acl::Acl;
+use crate::auth::AuthRequest;
 use crate::mqtt::codec::DecodeError;
 use crate::mqtt::packet::{Disconnect, Packet};
 use crate::mqtt::reason;
@@ -60,6 +65,8 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Output {
     /// Encode and write `Packet` to the connection (in order of output).
     Send(ConnId, Packet),
+    /// Check these credentials, then call `Broker::handle_authenticated` for `ConnId`.
+    Authenticate(ConnId, AuthRequest),
     /// Flush what was sent so far, then close the connection. No further input for
     /// this connection is expected except `handle_closed`.
     Close(ConnId),
@@ -83,6 +90,10 @@ pub struct Broker {
     next_scan: Instant,
     next_sys: Option<Instant>,
     stats: Stats,
+    /// Access rules; `None`: everything is allowed.
+    acl: Option<Acl>,
+    /// CONNECTs wait for `handle_authenticated`.
+    require_auth: bool,
     /// Scratch space for `Router::route`, kept to avoid an allocation per message.
     route_buf: Vec<Route<SessionId>>,
 }
@@ -107,6 +118,8 @@ impl Broker {
             next_scan: now + SCAN_INTERVAL,
             next_sys,
             stats: Stats::default(),
+            acl: None,
+            require_auth: false,
             route_buf: Vec::new(),
         }
     }
@@ -138,7 +151,11 @@ impl Broker {
         c.last_activity = now;
         match c.phase {
             ConnPhase::Closing => {}
+            ConnPhase::Authenticating => self.park(conn, packet, now),
             ConnPhase::AwaitingConnect => match packet {
+                Packet::Connect(connect) if self.require_auth => {
+                    self.start_authentication(conn, connect)
+                }
                 Packet::Connect(connect) => self.handle_connect(conn, *connect, now),
                 other => {
                     tracing::info!(
@@ -264,7 +281,7 @@ impl Broker {
         let mut expired = Vec::new();
         for (id, c) in &self.conns {
             match c.phase {
-                ConnPhase::AwaitingConnect
+                ConnPhase::AwaitingConnect | ConnPhase::Authenticating
                     if now.duration_since(c.opened_at) >= connect_timeout =>
                 {
                     expired.push((*id, None));

@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 
 use super::connection::ConnId;
+use crate::auth::Identity;
 use crate::message::{Message, QoS};
 use crate::mqtt::packet::ProtocolVersion;
 use crate::router::Subscription;
@@ -78,6 +79,8 @@ pub(crate) struct Inflight {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) client_id: ByteString,
+    /// Who the client was at its last CONNECT, for read checks on delivery.
+    pub(crate) identity: Identity,
     /// The live connection, if any.
     pub(crate) conn: Option<ConnId>,
     /// Protocol of the last connection (decides what a resumed session may send).
@@ -105,6 +108,10 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(client_id: ByteString, version: ProtocolVersion) -> Self {
         Session {
+            identity: Identity {
+                client_id: client_id.clone(),
+                ..Identity::default()
+            },
             client_id,
             conn: None,
             version,

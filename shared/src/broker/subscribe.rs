@@ -34,9 +34,16 @@ impl Broker {
         let mut reason_codes = Vec::with_capacity(sub.filters.len());
         let mut retained_for: Vec<(ByteString, Subscription)> = Vec::new();
         for (filter, options) in sub.filters {
-            if !valid_topic_filter(&filter, self.config.max_topic_levels) {
+            if filter.len() > self.config.max_topic_length
+                || !valid_topic_filter(&filter, self.config.max_topic_levels)
+            {
                 tracing::info!(?conn, %filter, "invalid topic filter");
                 reason_codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !self.may_subscribe(conn, &filter) {
+                tracing::info!(?conn, %filter, "subscription denied by the ACL");
+                reason_codes.push(reason::NOT_AUTHORIZED);
                 continue;
             }
             let shared = parse_shared(&filter).is_some();
@@ -50,6 +57,16 @@ impl Broker {
             }
             if !self.config.wildcard_subscription_available && filter.contains(['+', '#']) {
                 reason_codes.push(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED);
+                continue;
+            }
+            let at_quota = self.config.max_subscriptions > 0
+                && self.sessions.get(&sid).is_some_and(|s| {
+                    s.subscriptions.len() >= self.config.max_subscriptions
+                        && !s.subscriptions.contains_key(&filter)
+                });
+            if at_quota {
+                tracing::info!(?conn, %filter, "subscription limit reached");
+                reason_codes.push(reason::QUOTA_EXCEEDED);
                 continue;
             }
             let subscription = Subscription {
@@ -85,6 +102,9 @@ impl Broker {
             matches.clear();
             self.retained.matching(&filter, &mut matches);
             for msg in matches.drain(..) {
+                if !self.may_read(sid, &msg.topic) {
+                    continue;
+                }
                 self.persistence.start_message();
                 let qos = subscription.options.qos.min(msg.qos);
                 let subscription_ids = subscription.identifier.into_iter().collect();

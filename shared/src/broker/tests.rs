@@ -26,14 +26,14 @@ pub(super) struct Harness {
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self::with(BrokerConfig {
             sys_interval: 0,
             ..BrokerConfig::default()
         })
     }
 
-    fn with(config: BrokerConfig) -> Self {
+    pub(super) fn with(config: BrokerConfig) -> Self {
         let now = Instant::now();
         Harness {
             broker: Broker::new(config, now),
@@ -76,6 +76,7 @@ impl Harness {
                     self.inbox.entry(c).or_default().push(p)
                 }
                 Output::Close(c) => self.closed.push(c),
+                Output::Authenticate(c, _) => panic!("authentication asked for {c:?}"),
             }
         }
     }
