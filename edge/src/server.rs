@@ -153,6 +153,20 @@ impl Hub {
         while let Some(output) = self.broker.poll_output() {
             match output {
                 Output::Send(conn, packet) => self.send(conn, packet),
+                Output::Authenticate(conn, request) => {
+                    // No listener requires authentication yet (the broker only asks
+                    // when told to); refuse rather than let anyone in unchecked.
+                    tracing::warn!(
+                        conn = conn.0,
+                        client_id = %request.client_id,
+                        "authentication requested but no authenticator is configured"
+                    );
+                    self.broker.handle_authenticated(
+                        conn,
+                        Err(tern_core::mqtt::reason::NOT_AUTHORIZED),
+                        Instant::now(),
+                    );
+                }
                 Output::Close(conn) => {
                     // Dropping the sender lets the writer flush what is queued, then close.
                     if let Some(handle) = self.conns.remove(&conn) {
