@@ -142,8 +142,8 @@ fn environment_overrides_everything() {
     assert_eq!(get(&config, "mqtt.retain_available").as_bool(), Some(false));
     assert_eq!(get(&config, "log.format").as_str(), Some("json"));
     assert_eq!(
-        get(&config, "log.level").as_str(),
-        Some("warn"),
+        get(&config, "mqtt.max_inflight").as_integer(),
+        Some(16),
         "from edge-minimal"
     );
 }
