@@ -36,7 +36,9 @@
 //!
 //! 1. **Atomicity.** `apply(batch)` applies all ops of the batch or none. A failed
 //!    `apply` changes nothing: `load` and `stats` return what they returned before,
-//!    and the store stays usable.
+//!    and the store stays usable. The one exception is a durable store's
+//!    [`StoreError::Io`] from the commit itself: the batch may or may not have become
+//!    durable, and the store refuses further batches until it is reopened.
 //! 2. **Durability.** When `apply` returns `Ok`, the batch is durable to the level the
 //!    implementation was configured for (redb with `fsync = "always" | "batch"`: on
 //!    stable storage; memory: for the life of the value). A batch is never partly
@@ -88,7 +90,11 @@ use crate::mqtt::packet::{ProtocolVersion, PublishProperties, RetainHandling, Us
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod memory;
+#[cfg(feature = "redb")]
+mod redb;
 
+#[cfg(feature = "redb")]
+pub use self::redb::{RedbOptions, RedbStore};
 pub use memory::MemoryStore;
 
 /// Version of the record layout; a durable store refuses to open a newer one.
@@ -367,6 +373,24 @@ pub enum StoreError {
         /// Why it was refused.
         reason: InvalidOp,
     },
+}
+
+/// When a durable store's `apply` reaches stable storage (profile key `fsync`).
+///
+/// `Always` and `Batch` are the same to the store (every batch is synced before `apply`
+/// returns); they differ in how the broker groups ops into batches: `Always` applies
+/// each PUBLISH's ops alone, `Batch` groups them by a time window and a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Every batch is on stable storage when `apply` returns; one batch per PUBLISH.
+    Always,
+    /// Every batch is on stable storage when `apply` returns; many PUBLISHes per batch.
+    #[default]
+    Batch,
+    /// Batches are not synced when `apply` returns: a process crash or power loss may
+    /// lose the most recent ones (whole batches, never part of one).
+    Never,
 }
 
 /// Bounds the store enforces itself (per-session queue limits are the broker's).
