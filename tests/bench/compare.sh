@@ -161,9 +161,9 @@ start_broker() { # name
         mosquitto) mosquitto -c "$RUN_DIR/mosquitto.conf" >>"$log" 2>&1 & ;;
         nats) rm -rf "$NATS_STORE"; nats-server -c "$RUN_DIR/nats.conf" >>"$log" 2>&1 & ;;
         tern)
-            # TERN_QUEUE (set only for one extra run) raises the per-session queue to
+            # BIG_QUEUE (set only for one extra run) raises the per-session queue to
             # Mosquitto's setting; otherwise the profile's defaults apply.
-            env ${TERN_QUEUE:+TERN_MQTT__MAX_QUEUED_MESSAGES=$TERN_QUEUE} \
+            env ${BIG_QUEUE:+TERN_MQTT__MAX_QUEUED_MESSAGES=$BIG_QUEUE} \
                 TERN_LISTENERS__TCP__BIND="127.0.0.1:${PORT[tern]}" \
                 TERN_NODE__DATA_DIR="$RUN_DIR/tern-data" \
                 TERN_LOG__LEVEL=warn \
@@ -270,7 +270,7 @@ each fan-out-4-q0 fan-out -p 1 -S 4 -q 0 -s 100 -d "$D" "${COMMON[@]}"
 each fan-4x4-q1  fan   -p 4 -S 4 -q 1 -s 100 -d "$D" "${COMMON[@]}"
 if [[ " $BROKERS " == *" tern "* ]]; then
     # The same run with tern-edge's session queue as large as Mosquitto's.
-    TERN_QUEUE=1000000 run fan-4x4-q1-bigqueue tern fan -p 4 -S 4 -q 1 -s 100 -d "$D" "${COMMON[@]}"
+    BIG_QUEUE=1000000 run fan-4x4-q1-bigqueue tern fan -p 4 -S 4 -q 1 -s 100 -d "$D" "${COMMON[@]}"
 fi
 each pairs-4-q1  pairs -p 4      -q 1 -s 100 -d "$D" "${COMMON[@]}"
 each shared-4-q1 shared -p 4 -S 4 -q 1 -s 100 -d "$D" "${COMMON[@]}"
@@ -281,6 +281,7 @@ for b in $BROKERS; do
     fi
 done
 each latency-10k-q0 latency -p 4 -q 0 -s 100 --rate 10000 -d "$LAT_D" --warmup "$WARM" "${COMMON[@]}"
+each latency-30k-q0 latency -p 4 -q 0 -s 100 --rate 30000 -d "$LAT_D" --warmup "$WARM" "${COMMON[@]}"
 each latency-10k-q1 latency -p 4 -q 1 -s 100 --rate 10000 -d "$LAT_D" --warmup "$WARM" "${COMMON[@]}"
 each connections connections -n "$CONNS" --connect-rate 2000 --hold "$HOLD"
 
