@@ -280,9 +280,9 @@ def main():
     d.add("| idle RSS (KiB, 1 s after start, lowest of all starts) | "
           + " | ".join(num(idle.get(b)) if idle.get(b) else "pending" for b, _ in cols) + " |", "")
     d.add("Mosquitto's binary links its libraries dynamically (libssl, libcrypto, libcjson, …), "
-          "so its file size understates what it loads; nats-server and tern-edge are static "
-          f"Rust/Go binaries. tern-edge is built with the release profile (stripped: "
-          f"{fx.get('edge_stripped')}).", "")
+          "so its file size understates what it loads; nats-server is a static Go binary; "
+          "tern-edge links only the C runtime (libc, libm, libgcc_s). tern-edge is built with "
+          f"the release profile (stripped: {fx.get('edge_stripped')}).", "")
 
     # Goals.
     d.add("## Goals from issue 4", "")
@@ -347,6 +347,16 @@ def main():
     if notes:
         d.add("Notes from the runs:", "", *notes, "")
 
+    # Broker logs.
+    warn = broker_warnings(run_dir, cols)
+    if warn:
+        d.add("## Broker warnings during the run", "")
+        d.add("Warnings and errors the brokers logged over the whole run (numbers replaced "
+              "by N, counted):", "")
+        for name, lines in warn:
+            d.add(f"**{name}**", "")
+            d.add(*[f"- {n} × `{text}`" for text, n in lines], "")
+
     # Commands and configurations.
     d.add("## Commands", "")
     d.add("Every broker got the same tern-bench command line; only `--port` and "
@@ -378,6 +388,33 @@ def main():
 
     with open(out_path, "w") as f:
         f.write("\n".join(d.lines).rstrip() + "\n")
+
+
+def broker_warnings(run_dir, cols):
+    """Distinct warning and error lines of each broker's log, most frequent first."""
+    import re
+    out = []
+    for b, name in cols:
+        try:
+            with open(os.path.join(run_dir, f"{b}.log"), errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        counts = {}
+        for line in lines:
+            if not re.search(r"WARN|ERROR|[Ww]arning|[Ee]rror|\[ERR\]|\[WRN\]", line):
+                continue
+            text = re.sub(r"^\[\d+\]\s*", "", line)
+            text = re.sub(r"^\d{4}[-/]\d\d[-/]\d\d[T ][\d:.]+Z?\s*", "", text)
+            text = re.sub(r"^\d+:\s*", "", text)
+            text = re.sub(r"tb-[0-9a-f]+-[a-z]\d+", "<client>", text)
+            text = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "<addr>", text)
+            text = re.sub(r"\"[A-Za-z0-9_]{20,}\"", "<id>", text)
+            text = re.sub(r"\d+", "N", text).strip()[:160]
+            counts[text] = counts.get(text, 0) + 1
+        if counts:
+            out.append((name, sorted(counts.items(), key=lambda kv: -kv[1])[:6]))
+    return out
 
 
 def reading(get):

@@ -202,7 +202,9 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
         Length::Count(c) => End::Count(c),
     };
     let progress = progress::spawn(counters.clone(), spec.phase.clone(), spec.progress);
-    let mut pub_tasks = Vec::new();
+    // Each task yields the outcomes of its publishers, in publisher order.
+    let mut pub_tasks: Vec<tokio::task::JoinHandle<Vec<PubOutcome>>> = Vec::new();
+    let mut paced_group = Vec::new();
     for (i, conn) in pubs.into_iter().enumerate() {
         let ctx = PubCtx {
             id: i as u64,
@@ -219,22 +221,30 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
         };
         if spec.paced {
             let (stream, leftover) = publisher::into_blocking(conn)?;
-            pub_tasks.push(tokio::task::spawn_blocking(move || {
-                publisher::run_paced(stream, leftover, ctx)
-            }));
+            paced_group.push((stream, leftover, ctx));
         } else {
-            pub_tasks.push(tokio::spawn(publisher::run(conn, ctx)));
+            pub_tasks.push(tokio::spawn(async move {
+                vec![publisher::run(conn, ctx).await]
+            }));
         }
+    }
+    if !paced_group.is_empty() {
+        pub_tasks.push(tokio::task::spawn_blocking(move || {
+            publisher::run_paced_group(paced_group)
+        }));
     }
 
     let mut pub_outs: Vec<PubOutcome> = Vec::new();
     let mut errors = Vec::new();
     for t in pub_tasks {
         match t.await {
-            Ok(o) => pub_outs.push(o),
+            Ok(o) => pub_outs.extend(o),
             Err(e) => errors.push(format!("publisher task failed: {e}")),
         }
     }
+    // A publisher task that died reported nothing: count it as having sent nothing, so
+    // that outcomes stay indexed by publisher.
+    pub_outs.resize_with(plan.topics.len(), PubOutcome::new);
     let sent: Vec<u64> = pub_outs.iter().map(|o| o.sent).collect();
     let expected = plan.expected(&sent);
 
