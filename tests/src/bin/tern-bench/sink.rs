@@ -42,6 +42,11 @@ pub async fn serve(args: &SinkArgs) -> io::Result<()> {
     let listener = TcpListener::bind(args.bind).await?;
     // stdout is line-buffered: the parent reading this line sees it at once.
     println!("{READY_LINE}{}", listener.local_addr()?);
+    accept_loop(listener).await
+}
+
+/// Serves every connection `listener` accepts.
+async fn accept_loop(listener: TcpListener) -> io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -184,4 +189,112 @@ async fn stream_source(
         buf.clear();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tool against its own sink, in process: acknowledgement flows at every QoS and
+    //! the source stream verify cleanly.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::client::{Conn, ConnectOpts};
+    use crate::progress::Counters;
+    use crate::scenario::load::{self, Length, LoadSpec};
+    use crate::scenario::subscriber::{self, SubCtx};
+    use crate::scenario::{Plan, Topology};
+
+    async fn start() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound address");
+        tokio::spawn(accept_loop(listener));
+        addr
+    }
+
+    fn spec(addr: SocketAddr, qos: QoS, paced: bool) -> LoadSpec {
+        LoadSpec {
+            addr,
+            plan: Plan::new(Topology::Fan, "tb", "test", 2, 0).expect("fan plan"),
+            qos,
+            layout: Arc::new(Layout::new(64).expect("above minimum")),
+            rate: paced.then_some(20_000.0),
+            length: Length::Count(500),
+            inflight: 16,
+            batch: None,
+            drain_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(1),
+            keep_alive: 0,
+            run_id: "test".to_string(),
+            paced,
+            warmup: Duration::ZERO,
+            progress: false,
+            sub_username: None,
+            phase: "test".to_string(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishers_are_acknowledged_at_every_qos() {
+        let addr = start().await;
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for paced in [false, true] {
+                let o = load::run(&spec(addr, qos, paced))
+                    .await
+                    .expect("set up against the sink");
+                assert!(o.errors.is_empty(), "{qos:?} paced={paced}: {:?}", o.errors);
+                assert_eq!(o.totals.sent, 1000, "{qos:?} paced={paced}");
+                assert_eq!(o.totals.acked, 1000, "{qos:?} paced={paced}");
+                assert_eq!(o.totals.bad_acks, 0, "{qos:?} paced={paced}");
+                assert_eq!(o.send_lag.is_some(), paced);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn source_stream_verifies() {
+        let addr = start().await;
+        let opts = ConnectOpts {
+            client_id: "tb-test-s0".to_string(),
+            keep_alive: 0,
+            username: Some(format!("{SOURCE_USER}64")),
+            read_buf: 4096,
+        };
+        let mut conn = Conn::connect(addr, &opts).await.expect("connect to sink");
+        conn.subscribe("tb/test/+", QoS::AtMostOnce)
+            .await
+            .expect("subscribe at sink");
+        let counters = Arc::new(Counters::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = SubCtx {
+            layout: Arc::new(Layout::new(64).expect("above minimum")),
+            topics: Arc::new(vec![Bytes::from_static(b"tb/test/0")]),
+            counters: counters.clone(),
+            stop: stop_rx,
+            record_from_ns: u64::MAX,
+        };
+        let task = tokio::spawn(subscriber::run(conn, ctx));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop_tx.send(true).expect("subscriber is listening");
+        let o = task.await.expect("subscriber task");
+        assert!(o.error.is_none(), "{:?}", o.error);
+        let t = &o.tally;
+        assert!(t.received > 0);
+        assert_eq!(
+            (
+                t.corrupt,
+                t.foreign,
+                t.duplicates,
+                t.reordered,
+                t.holes_from(0)
+            ),
+            (0, 0, 0, 0, 0)
+        );
+        assert_eq!(t.unique_from(0), t.received);
+    }
 }
