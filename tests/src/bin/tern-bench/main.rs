@@ -35,7 +35,7 @@ use sink::SinkArgs;
 
 /// Load generator and measurement tool for MQTT brokers.
 #[derive(Debug, Parser)]
-#[command(name = "tern-bench", version, about, long_about = None)]
+#[command(name = "tern-bench", version, after_help = EXAMPLES)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -43,8 +43,19 @@ struct Cli {
     cmd: Cmd,
 }
 
+const EXAMPLES: &str = "Examples:
+  tern-bench --port 1883 fan -p 4 -S 4 -q 0 -d 10     4x4, every subscriber gets everything
+  tern-bench --port 1883 pairs -p 4 -q 1               4 publisher/subscriber pairs at QoS 1
+  tern-bench --port 1883 latency -p 4 --rate 20000     open-loop latency at 20,000 msg/s
+  tern-bench --port 1883 --broker-pid PID connections -n 10000
+  tern-bench ceiling                                   tern-bench against its own sink
+
+Exit status: 0 passed, 1 verification failed (loss at QoS >= 1, corruption, misrouting, ...),
+2 setup failed (connect, subscribe, arguments).";
+
 /// Options every scenario takes, before or after its name.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Broker host.
     #[arg(long, global = true, default_value = "127.0.0.1")]
