@@ -6,13 +6,14 @@
 //! queue into one buffer and writes it with one syscall. The driver owns the
 //! connection's life: whatever ends it, it reports `handle_closed` exactly once.
 //!
-//! When a batch pushed some connection's queue above its high-water mark, the reader
-//! waits (at most `THROTTLE_WAIT`) for that queue to drain before reading on, so a
-//! publisher is slowed to the pace of its subscribers rather than flooding them (see
-//! `server.rs` for the limits).
+//! When a packet pushes some connection's queue above its high-water mark, the reader
+//! stops feeding its batch and waits (at most `THROTTLE_WAIT`) for that queue to
+//! drain, so a publisher is slowed to the pace of its subscribers rather than flooding
+//! them; a queue that does not drain in time counts as stalled and is no longer waited
+//! for (see `server.rs` for the limits).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,18 +21,18 @@ use bytes::BytesMut;
 use tern_core::mqtt::codec::{self, DecodeError};
 use tern_core::mqtt::packet::{Packet, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
-use crate::server::{ConnHandle, Flow, Server};
+use crate::outgoing::Outgoing;
+use crate::server::{ConnHandle, Server};
 
-/// Bytes reserved in the read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
+/// Smallest and largest room offered to one read. The size adapts to the traffic:
+/// an idle device costs a small buffer, a bulk publisher gets large reads (and so
+/// large batches).
+const READ_MIN: usize = 1024;
+const READ_MAX: usize = 64 * 1024;
 
 /// Once the write buffer holds this much, it is written even if more packets wait.
 const WRITE_BATCH: usize = 64 * 1024;
-
-/// A write buffer that grew past this (a large packet) is released after the write.
-const WRITE_BUFFER_KEEP: usize = 256 * 1024;
 
 /// Longest a reader waits, per batch, for congested connections to drain.
 const THROTTLE_WAIT: Duration = Duration::from_millis(250);
@@ -69,42 +70,47 @@ where
 {
     let (mut reader, writer) = tokio::io::split(stream);
     let limits = server.limits();
-    let (outgoing, queue) = mpsc::channel(limits.capacity);
-    let flow = Arc::new(Flow::default());
+    let outgoing = Arc::new(Outgoing::new(limits.capacity));
     let version = Arc::new(OnceLock::new());
-    let conn = server.open(ConnHandle::new(outgoing, flow.clone(), peer));
+    let conn = server.open(ConnHandle::new(outgoing.clone(), peer));
     tracing::debug!(conn = conn.0, %peer, "connection opened");
 
-    let writer_task = write_loop(writer, queue, version.clone(), flow, limits.high_water);
+    let writer_task = write_loop(writer, outgoing, version.clone(), limits.high_water);
     let mut writer = tokio::spawn(writer_task);
     let mut writer_done = false;
     let mut shutdown = server.shutdown_signal();
     let max_size = server.max_packet_size();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
+    let mut read_size = READ_MIN;
     let mut protocol: Option<ProtocolVersion> = None;
-    let mut batch: Vec<Packet> = Vec::new();
+    let mut batch: VecDeque<Packet> = VecDeque::new();
     let mut congested = Vec::new();
 
     let end = loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-            buf.reserve(READ_CHUNK);
+        if buf.is_empty() && buf.capacity() > 4 * read_size {
+            buf = BytesMut::new(); // Let a burst's large buffer go.
         }
+        buf.reserve(read_size);
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) => break End::Eof,
-                Ok(_) => {
-                    let error = decode_all(&mut buf, &mut protocol, &version, max_size, &mut batch);
-                    if !batch.is_empty() || error.is_some() {
-                        server.input(conn, batch.drain(..), error.as_ref(), &mut congested);
-                    }
-                    if let Some(error) = error {
-                        break End::DecodeError(error);
-                    }
-                    if !congested.is_empty() {
-                        let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
-                        for other in congested.drain(..) {
-                            other.drained(limits.high_water, deadline).await;
+                Ok(n) => {
+                    read_size = next_read_size(read_size, n);
+                    let mut error =
+                        decode_all(&mut buf, &mut protocol, &version, max_size, &mut batch);
+                    let failed = error.clone();
+                    // Feed the batch, pausing whenever it congests a connection.
+                    while !batch.is_empty() || error.is_some() {
+                        server.input(conn, &mut batch, &mut error, &mut congested);
+                        if !congested.is_empty() {
+                            let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
+                            for other in congested.drain(..) {
+                                other.drained(limits.high_water, deadline).await;
+                            }
                         }
+                    }
+                    if let Some(error) = failed {
+                        break End::DecodeError(error);
                     }
                 }
                 Err(error) => break End::ReadError(error),
@@ -131,8 +137,8 @@ where
         End::Shutdown => tracing::debug!(conn = conn.0, %peer, "closing connection: shutdown"),
     }
 
-    // Exactly once: this also drops the writer's queue sender, so the writer flushes
-    // what is queued and closes.
+    // Exactly once: this also closes the writer's queue, so the writer flushes what is
+    // queued and closes.
     server.closed(conn);
     if !writer_done {
         match tokio::time::timeout(FLUSH_GRACE, &mut writer).await {
@@ -160,6 +166,18 @@ where
     }
 }
 
+/// Doubles the read size after a read that filled it, halves it after one that used
+/// less than a quarter, within `READ_MIN..=READ_MAX`.
+fn next_read_size(size: usize, read: usize) -> usize {
+    if read >= size {
+        (size * 2).min(READ_MAX)
+    } else if read < size / 4 {
+        (size / 2).max(READ_MIN)
+    } else {
+        size
+    }
+}
+
 /// Decodes every complete packet in `buf` into `batch`. Returns the decode error that
 /// stopped it, if any (the packets before it are in `batch`).
 fn decode_all(
@@ -167,7 +185,7 @@ fn decode_all(
     protocol: &mut Option<ProtocolVersion>,
     version: &OnceLock<ProtocolVersion>,
     max_size: usize,
-    batch: &mut Vec<Packet>,
+    batch: &mut VecDeque<Packet>,
 ) -> Option<DecodeError> {
     loop {
         match codec::decode(buf, *protocol, max_size) {
@@ -179,7 +197,7 @@ fn decode_all(
                         let _ = version.set(connect.protocol);
                     }
                 }
-                batch.push(packet);
+                batch.push_back(packet);
             }
             Ok(None) => return None,
             Err(error) => return Some(error),
@@ -188,59 +206,53 @@ fn decode_all(
 }
 
 /// Writes queued packets until the queue is closed (then flushes and shuts the stream
-/// down), a write fails, or `flow.kill` fires. After each write it wakes producers
+/// down), a write fails, or the queue is killed. After each write it wakes producers
 /// waiting for the queue to drain.
 async fn write_loop<W>(
     mut writer: W,
-    mut queue: mpsc::Receiver<Packet>,
+    queue: Arc<Outgoing>,
     version: Arc<OnceLock<ProtocolVersion>>,
-    flow: Arc<Flow>,
     high_water: usize,
 ) where
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(READ_CHUNK);
-    loop {
-        let first = tokio::select! {
-            packet = queue.recv() => packet,
-            _ = flow.kill.notified() => return,
-        };
-        let mut closing = false;
-        match first {
-            Some(packet) => encode(&packet, &version, &mut out),
-            None => closing = true,
+    /// Marks the writer gone however the task ends (even when aborted).
+    struct Gone(Arc<Outgoing>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            self.0.writer_gone();
         }
-        // Take everything already queued so a burst becomes one write.
-        while !closing && out.len() < WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(packet) => encode(&packet, &version, &mut out),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => closing = true,
+    }
+    let _gone = Gone(queue.clone());
+
+    // Both are allocated for a burst and released once the queue is empty, so idle
+    // clients hold no buffers.
+    let mut packets = VecDeque::new();
+    let mut out = BytesMut::new();
+    while queue.take_all(&mut packets).await {
+        while let Some(packet) = packets.pop_front() {
+            encode(&packet, &version, &mut out);
+            if out.len() >= WRITE_BATCH || packets.is_empty() {
+                let written = tokio::select! {
+                    written = writer.write_all(&out) => written,
+                    _ = queue.killed() => return,
+                };
+                if let Err(error) = written {
+                    tracing::debug!(%error, "connection write failed");
+                    return;
+                }
+                out.clear();
             }
         }
-        if !out.is_empty() {
-            let written = tokio::select! {
-                written = writer.write_all(&out) => written,
-                _ = flow.kill.notified() => return,
-            };
-            if let Err(error) = written {
-                tracing::debug!(%error, "connection write failed");
-                return;
-            }
-            out.clear();
-            if out.capacity() > WRITE_BUFFER_KEEP {
-                out = BytesMut::with_capacity(READ_CHUNK);
-            }
-            if queue.len() <= high_water {
-                flow.stalled.store(false, Ordering::Relaxed);
-            }
-            flow.drained.notify_waiters();
+        queue.wrote(high_water);
+        if queue.len() == 0 {
+            packets = VecDeque::new();
+            out = BytesMut::new();
         }
-        if closing {
-            let _ = writer.flush().await;
-            let _ = writer.shutdown().await;
-            return;
-        }
+    }
+    if !queue.is_killed() {
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
     }
 }
 

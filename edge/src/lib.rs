@@ -13,6 +13,7 @@ pub mod config;
 mod connection;
 mod listener;
 mod logging;
+mod outgoing;
 mod server;
 
 use std::future::Future;

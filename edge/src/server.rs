@@ -15,9 +15,8 @@
 //! kept for QoS 1/2 and acknowledgements fills up, the client is disconnected as a slow
 //! consumer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,9 @@ use tern_core::broker::{Broker, BrokerConfig, ConnId, Output};
 use tern_core::message::QoS;
 use tern_core::mqtt::codec::DecodeError;
 use tern_core::mqtt::packet::Packet;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
+
+use crate::outgoing::{Outgoing, PushError};
 
 /// Longest the timer task sleeps without looking at the broker's deadline again.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
@@ -60,53 +61,10 @@ impl QueueLimits {
     }
 }
 
-/// State shared between a connection's hub entry, its writer and waiting producers.
-#[derive(Debug, Default)]
-pub(crate) struct Flow {
-    /// Tells the writer to stop at once, without flushing (slow consumer).
-    pub(crate) kill: Notify,
-    /// Fired by the writer after each write, for producers waiting on congestion.
-    pub(crate) drained: Notify,
-    /// Set while QoS 0 messages are being dropped: producers do not wait for this
-    /// connection until the writer has drained it below the high-water mark.
-    pub(crate) stalled: AtomicBool,
-}
-
-/// A connection above its high-water mark, for a producer to wait on.
-pub(crate) struct Congested {
-    outgoing: mpsc::Sender<Packet>,
-    flow: Arc<Flow>,
-}
-
-impl Congested {
-    /// Waits until the queue is back to `high_water` packets or fewer (or the
-    /// connection is gone or stalled), at most until `deadline`.
-    pub(crate) async fn drained(&self, high_water: usize, deadline: tokio::time::Instant) {
-        loop {
-            let notified = self.flow.drained.notified();
-            tokio::pin!(notified);
-            // Register before looking, so that a drain in between is not missed.
-            notified.as_mut().enable();
-            let queued = self.outgoing.max_capacity() - self.outgoing.capacity();
-            if queued <= high_water
-                || self.outgoing.is_closed()
-                || self.flow.stalled.load(Ordering::Relaxed)
-            {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// What the hub keeps for each live connection.
+/// What the hub keeps for each live connection. Dropping it closes the connection's
+/// queue: the writer writes what is queued, then closes.
 pub(crate) struct ConnHandle {
-    /// Packets for the connection's writer. Dropping it tells the writer to flush what
-    /// is queued and close.
-    outgoing: mpsc::Sender<Packet>,
-    flow: Arc<Flow>,
+    outgoing: Arc<Outgoing>,
     /// For log lines.
     peer: SocketAddr,
     /// QoS 0 PUBLISHes dropped because the client did not keep up.
@@ -114,16 +72,16 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    /// A handle for a connection from `peer`, with its writer's queue and flow state.
-    pub(crate) fn new(outgoing: mpsc::Sender<Packet>, flow: Arc<Flow>, peer: SocketAddr) -> Self {
+    /// A handle for a connection from `peer`, feeding its writer through `outgoing`.
+    pub(crate) fn new(outgoing: Arc<Outgoing>, peer: SocketAddr) -> Self {
         ConnHandle {
             outgoing,
-            flow,
             peer,
             dropped: 0,
         }
     }
 
+    /// Logs what was dropped, if anything; the drop then closes the queue.
     fn forget(self, conn: ConnId) {
         if self.dropped > 0 {
             tracing::info!(
@@ -136,13 +94,19 @@ impl ConnHandle {
     }
 }
 
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.outgoing.close();
+    }
+}
+
 /// The broker and the live connections, always used together under one lock.
 pub(crate) struct Hub {
     broker: Broker,
     conns: HashMap<ConnId, ConnHandle>,
     limits: QueueLimits,
     /// Connections pushed above their high-water mark by the current input.
-    congested: Vec<(ConnId, Congested)>,
+    congested: Vec<Arc<Outgoing>>,
     /// When the timer task will next wake, so that a batch can wake it earlier.
     timer_armed: Option<Instant>,
 }
@@ -181,46 +145,46 @@ impl Hub {
         let Some(handle) = self.conns.get_mut(&conn) else {
             return; // Gone (closed or cut off): nobody to send to.
         };
-        let queued = handle.outgoing.max_capacity() - handle.outgoing.capacity();
-        if queued >= self.limits.qos0_limit
-            && matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce)
-        {
-            handle.dropped += 1;
-            if !handle.flow.stalled.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    conn = conn.0,
-                    peer = %handle.peer,
-                    queued,
-                    "slow consumer: dropping QoS 0 messages until it catches up"
-                );
-            }
-            return;
-        }
-        match handle.outgoing.try_send(packet) {
-            Ok(()) => {
+        let qos0 = matches!(&packet, Packet::Publish(p) if p.qos == QoS::AtMostOnce);
+        let limit = if qos0 {
+            self.limits.qos0_limit
+        } else {
+            self.limits.capacity
+        };
+        match handle.outgoing.push(packet, limit) {
+            Ok(queued) => {
                 if queued >= self.limits.high_water
-                    && !handle.flow.stalled.load(Ordering::Relaxed)
-                    && !self.congested.iter().any(|(c, _)| *c == conn)
+                    && !handle.outgoing.is_stalled()
+                    && !self
+                        .congested
+                        .iter()
+                        .any(|c| Arc::ptr_eq(c, &handle.outgoing))
                 {
-                    let congested = Congested {
-                        outgoing: handle.outgoing.clone(),
-                        flow: handle.flow.clone(),
-                    };
-                    self.congested.push((conn, congested));
+                    self.congested.push(handle.outgoing.clone());
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) if qos0 => {
+                handle.dropped += 1;
+                if !handle.outgoing.set_stalled() {
+                    tracing::warn!(
+                        conn = conn.0,
+                        peer = %handle.peer,
+                        "slow consumer: dropping QoS 0 messages until it catches up"
+                    );
+                }
+            }
+            Err(PushError::Full) => {
                 tracing::warn!(
                     conn = conn.0,
                     peer = %handle.peer,
                     "slow consumer: outgoing queue full, disconnecting"
                 );
                 if let Some(handle) = self.conns.remove(&conn) {
-                    handle.flow.kill.notify_one();
+                    handle.outgoing.kill();
                     handle.forget(conn);
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(PushError::Closed) => {
                 // The writer stopped (write error); the driver reports the close.
                 if let Some(handle) = self.conns.remove(&conn) {
                     handle.forget(conn);
@@ -302,14 +266,14 @@ impl Server {
     /// Congested connections are handed to `congested`, if given, else forgotten.
     fn with_hub<R>(
         &self,
-        congested: Option<&mut Vec<Congested>>,
+        congested: Option<&mut Vec<Arc<Outgoing>>>,
         f: impl FnOnce(&mut Hub, Instant) -> R,
     ) -> R {
         let mut hub = self.lock();
         let result = f(&mut hub, Instant::now());
         hub.dispatch();
         match congested {
-            Some(out) => out.extend(hub.congested.drain(..).map(|(_, c)| c)),
+            Some(out) => out.append(&mut hub.congested),
             None => hub.congested.clear(),
         }
         if hub.timer_needs_wake() {
@@ -327,30 +291,38 @@ impl Server {
         })
     }
 
-    /// Hands a batch of decoded packets, then possibly a decode error, to the broker in
-    /// one lock acquisition. Input for a connection the broker already closed is
-    /// dropped. Connections this input pushed above their high-water mark are added to
-    /// `congested`, for the caller to wait on before reading more.
+    /// Hands decoded packets from the front of `packets`, then the decode error in
+    /// `error` (taken), to the broker in one lock acquisition. Stops early when a
+    /// packet pushed some connection above its high-water mark: those connections are
+    /// put in `congested` and the rest stays in `packets`, for the caller to feed once
+    /// they drained. Input for a connection the broker closed is dropped.
     pub(crate) fn input(
         &self,
         conn: ConnId,
-        packets: impl Iterator<Item = Packet>,
-        error: Option<&DecodeError>,
-        congested: &mut Vec<Congested>,
+        packets: &mut VecDeque<Packet>,
+        error: &mut Option<DecodeError>,
+        congested: &mut Vec<Arc<Outgoing>>,
     ) {
         self.with_hub(Some(congested), |hub, now| {
-            for packet in packets {
+            while let Some(packet) = packets.pop_front() {
                 if !hub.conns.contains_key(&conn) {
-                    return;
+                    break;
                 }
                 hub.broker.handle_packet(conn, packet, now);
                 // Dispatch as we go so that a Close stops the rest of the batch.
                 hub.dispatch();
-            }
-            if let Some(error) = error {
-                if hub.conns.contains_key(&conn) {
-                    hub.broker.handle_decode_error(conn, error, now);
+                if !hub.congested.is_empty() {
+                    return;
                 }
+            }
+            if !hub.conns.contains_key(&conn) {
+                // Closed by the broker: nothing more of this client is expected.
+                packets.clear();
+                *error = None;
+                return;
+            }
+            if let Some(error) = error.take() {
+                hub.broker.handle_decode_error(conn, &error, now);
             }
         })
     }
