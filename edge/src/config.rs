@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 use tern_core::broker::BrokerConfig;
+use tern_core::store::Fsync;
 
 /// The built-in profiles: name, one-line description, TOML text.
 pub const PROFILES: &[(&str, &str, &str)] = &[
@@ -61,6 +62,8 @@ pub struct EdgeConfig {
     pub listeners: ListenersConfig,
     /// Broker limits and capabilities (the `[mqtt]` section).
     pub mqtt: BrokerConfig,
+    /// Where and how sessions, queues and retained messages are persisted.
+    pub store: StoreConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -106,6 +109,52 @@ impl Default for TcpListenerConfig {
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883)),
         }
     }
+}
+
+/// The `[store]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redb` (durable, the default) or `memory` (nothing survives a restart).
+    pub backend: StoreBackend,
+    /// File name of the redb store, under `node.data_dir`.
+    pub file: PathBuf,
+    /// When a commit reaches stable storage: `always` (one PUBLISH per transaction),
+    /// `batch` (group commit, the default) or `never` (the OS decides; a crash may lose
+    /// the last second of acknowledged messages).
+    pub fsync: Fsync,
+    /// Most store operations in one transaction (group commit bound by count).
+    pub max_batch_ops: usize,
+    /// Extra time a group commit waits to gather more messages, in microseconds (0:
+    /// commit as soon as the previous commit is done; batches form while it runs).
+    pub commit_window_us: u64,
+    /// Store budget in bytes of records (0 = unlimited). When full, publishers get
+    /// reason 0x97 (quota exceeded) and nothing already stored is touched.
+    pub max_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Redb,
+            file: PathBuf::from("tern-edge.redb"),
+            fsync: Fsync::Batch,
+            max_batch_ops: 16_384,
+            commit_window_us: 0,
+            max_bytes: 0,
+        }
+    }
+}
+
+/// Which store implementation keeps the broker's durable state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// redb file under `node.data_dir`: survives crashes and power loss.
+    #[default]
+    Redb,
+    /// In memory: a restart forgets sessions, queues and retained messages.
+    Memory,
 }
 
 /// The `[log]` section.

@@ -11,6 +11,7 @@
 
 pub mod config;
 mod connection;
+mod group_commit;
 mod listener;
 mod logging;
 mod outgoing;
@@ -43,6 +44,9 @@ pub enum EdgeError {
         /// The I/O error.
         error: io::Error,
     },
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] group_commit::OpenError),
     /// A signal handler could not be installed.
     #[error("cannot handle {signal}: {error}")]
     Signal {
@@ -61,13 +65,17 @@ pub struct Edge {
     shutdown: watch::Sender<bool>,
     listeners: Vec<listener::Bound>,
     timer: Option<JoinHandle<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Edge {
     /// Binds the listeners of `config` and starts serving (within a tokio runtime).
     pub async fn start(config: EdgeConfig) -> Result<Edge, EdgeError> {
         let (shutdown, signal) = watch::channel(false);
-        let server = server::Server::new(config.mqtt, signal);
+        let (store, snapshot) = group_commit::open(&config)?;
+        let server = server::Server::new(config.mqtt.clone(), signal);
+        let (batches, committer) = group_commit::spawn(store, &config.store, server.clone());
+        server.attach_store(snapshot, batches);
         let listeners = listener::start(&config.listeners, &server).await?;
         let timer = Some(tokio::spawn(server.clone().run_timer()));
         Ok(Edge {
@@ -75,6 +83,7 @@ impl Edge {
             shutdown,
             listeners,
             timer,
+            committer: Some(committer),
         })
     }
 
@@ -126,6 +135,11 @@ impl Edge {
             for task in &tasks {
                 task.abort();
             }
+        }
+        // Last, the store: the commit thread applies what it was given, then closes it.
+        self.server.detach_store();
+        if let Some(committer) = self.committer.take() {
+            let _ = tokio::task::spawn_blocking(move || committer.join()).await;
         }
     }
 }

@@ -20,10 +20,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tern_core::broker::{Broker, BrokerConfig, ConnId, Output};
+use tern_core::broker::{Broker, BrokerConfig, ConnId, Output, StoreBatch};
 use tern_core::message::QoS;
 use tern_core::mqtt::codec::DecodeError;
 use tern_core::mqtt::packet::Packet;
+use tern_core::store::Snapshot;
 use tokio::sync::{watch, Notify};
 
 use crate::outgoing::{Outgoing, PushError};
@@ -109,11 +110,20 @@ pub(crate) struct Hub {
     congested: Vec<Arc<Outgoing>>,
     /// When the timer task will next wake, so that a batch can wake it earlier.
     timer_armed: Option<Instant>,
+    /// Where store batches go to be made durable; `None` once shut down.
+    committer: Option<std::sync::mpsc::Sender<StoreBatch>>,
 }
 
 impl Hub {
     /// Hands every pending output to the connections. Called after each input.
     fn dispatch(&mut self) {
+        if let Some(committer) = &self.committer {
+            while let Some(batch) = self.broker.poll_store_batch() {
+                // A send fails only once the commit thread is gone (shutdown): what was
+                // waiting for it is never acknowledged, which is the safe side.
+                let _ = committer.send(batch);
+            }
+        }
         while let Some(output) = self.broker.poll_output() {
             match output {
                 Output::Send(conn, packet) => self.send(conn, packet),
@@ -224,6 +234,7 @@ impl Server {
             limits,
             congested: Vec::new(),
             timer_armed: None,
+            committer: None,
         };
         Server {
             hub: Arc::new(Mutex::new(hub)),
@@ -280,6 +291,37 @@ impl Server {
             self.timer.notify_one();
         }
         result
+    }
+
+    /// Rebuilds the broker's state from `snapshot` and sends every store batch to
+    /// `committer` from now on. Call before the listeners start.
+    pub(crate) fn attach_store(
+        &self,
+        snapshot: Snapshot,
+        committer: std::sync::mpsc::Sender<StoreBatch>,
+    ) {
+        self.with_hub(None, |hub, now| {
+            hub.broker
+                .restore(snapshot, now, crate::group_commit::unix_ms_now());
+            hub.committer = Some(committer);
+        });
+    }
+
+    /// Stops sending store batches, so the commit thread finishes what it has.
+    pub(crate) fn detach_store(&self) {
+        self.with_hub(None, |hub, _| hub.committer = None);
+    }
+
+    /// Store batch `id` and all before it are durable: release what waited on them.
+    pub(crate) fn store_committed(&self, id: u64) {
+        self.with_hub(None, |hub, _| hub.broker.handle_store_committed(id));
+    }
+
+    /// Store batch `id` failed (`quota`: the store is full).
+    pub(crate) fn store_failed(&self, id: u64, quota: bool) {
+        self.with_hub(None, |hub, now| {
+            hub.broker.handle_store_failed(id, quota, now)
+        });
     }
 
     /// Registers a new connection; returns its id.

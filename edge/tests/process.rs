@@ -17,6 +17,11 @@ const CONNECT: [u8; 17] = [
 /// CONNACK, session not present, accepted.
 const CONNACK_OK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 
+/// A data directory of this test process's own, so parallel runs never share a store.
+fn data_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("tern-edge-process-{}-{tag}", std::process::id()))
+}
+
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -36,6 +41,7 @@ impl Running {
             .env_remove("RUST_LOG")
             .env("TERN_LISTENERS__TCP__BIND", "127.0.0.1:0")
             .env("TERN_LOG__FORMAT", format)
+            .env("TERN_NODE__DATA_DIR", data_dir(format))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

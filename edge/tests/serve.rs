@@ -22,6 +22,8 @@ fn config() -> EdgeConfig {
     let mut config = EdgeConfig::default();
     config.listeners.tcp.bind = "127.0.0.1:0".parse().expect("address");
     config.mqtt.sys_interval = 0;
+    // In-process tests run in parallel: each keeps its state in memory.
+    config.store.backend = tern_edge::config::StoreBackend::Memory;
     config
 }
 

@@ -1,0 +1,150 @@
+//! The store behind the broker: opening it, and the group-commit thread that applies
+//! the broker's store batches and reports them durable.
+//!
+//! The broker hands out batches in order (`poll_store_batch`); this thread applies them
+//! in that order. With `fsync = "batch"` every batch waiting when a commit starts is
+//! merged into that commit, so the fsync cost is shared by everything that arrived
+//! while the previous one ran; `commit_window_us` can wait a little longer, and
+//! `max_batch_ops` bounds a transaction. With `fsync = "always"` each batch is its own
+//! transaction. The store does blocking I/O, so it runs on its own thread, never on
+//! the tokio workers.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tern_core::broker::StoreBatch;
+use tern_core::store::{
+    Fsync, MemoryStore, RedbOptions, RedbStore, Snapshot, Store, StoreError, StoreLimits, StoreOp,
+};
+
+use crate::config::{EdgeConfig, StoreBackend, StoreConfig};
+use crate::server::Server;
+
+/// A store the commit thread can own.
+pub(crate) type BoxedStore = Box<dyn Store + Send>;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the store {}: {source}", path.display())]
+pub struct OpenError {
+    /// The store file.
+    pub path: PathBuf,
+    /// What went wrong; corrupt files say what to do.
+    #[source]
+    pub source: StoreError,
+}
+
+/// Opens the configured store and reads everything it holds.
+pub(crate) fn open(config: &EdgeConfig) -> Result<(BoxedStore, Snapshot), OpenError> {
+    let path = config.node.data_dir.join(&config.store.file);
+    let wrap = |source| OpenError {
+        path: path.clone(),
+        source,
+    };
+    let limits = StoreLimits {
+        max_bytes: (config.store.max_bytes > 0).then_some(config.store.max_bytes),
+    };
+    let store: BoxedStore = match config.store.backend {
+        StoreBackend::Memory => Box::new(MemoryStore::new(limits)),
+        StoreBackend::Redb => {
+            let options = RedbOptions {
+                durability: config.store.fsync,
+                limits,
+                ..RedbOptions::default()
+            };
+            Box::new(RedbStore::open(&path, options).map_err(wrap)?)
+        }
+    };
+    let snapshot = store.load().map_err(wrap)?;
+    Ok((store, snapshot))
+}
+
+/// Milliseconds since the Unix epoch, the wall clock stored records use.
+pub(crate) fn unix_ms_now() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Starts the commit thread; it ends once every sender of the returned channel is
+/// dropped and the batches already sent are applied.
+pub(crate) fn spawn(
+    store: BoxedStore,
+    config: &StoreConfig,
+    server: Server,
+) -> (mpsc::Sender<StoreBatch>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let committer = Committer {
+        store,
+        merge: config.fsync != Fsync::Always,
+        window: Duration::from_micros(config.commit_window_us),
+        max_ops: config.max_batch_ops.max(1),
+        server,
+    };
+    let handle = std::thread::Builder::new()
+        .name("tern-commit".into())
+        .spawn(move || committer.run(rx));
+    match handle {
+        Ok(handle) => (tx, handle),
+        Err(error) => {
+            // Without the thread nothing could ever be acknowledged: stop here.
+            tracing::error!(%error, "cannot start the store commit thread");
+            std::process::exit(1);
+        }
+    }
+}
+
+struct Committer {
+    store: BoxedStore,
+    merge: bool,
+    window: Duration,
+    max_ops: usize,
+    server: Server,
+}
+
+impl Committer {
+    fn run(mut self, rx: mpsc::Receiver<StoreBatch>) {
+        let mut ops: Vec<StoreOp> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let mut last = first.id;
+            let mut ids = vec![first.id];
+            ops.clear();
+            ops.extend(first.ops);
+            if self.merge {
+                if !self.window.is_zero() {
+                    std::thread::sleep(self.window);
+                }
+                while ops.len() < self.max_ops {
+                    let Ok(next) = rx.try_recv() else { break };
+                    last = next.id;
+                    ids.push(next.id);
+                    ops.extend(next.ops);
+                }
+            }
+            match self.store.apply(&ops) {
+                Ok(()) => self.server.store_committed(last),
+                Err(error) => {
+                    let quota = matches!(error, StoreError::Full { .. });
+                    if quota {
+                        tracing::warn!(%error, "store full; refusing publishers until queues drain");
+                    } else {
+                        tracing::error!(%error, "store write failed");
+                    }
+                    for id in ids {
+                        self.server.store_failed(id, quota);
+                    }
+                    if matches!(error, StoreError::Io { .. }) {
+                        // The store refuses further writes until reopened (its contract);
+                        // a restart recovers it. systemd/procd restart us on failure.
+                        tracing::error!("the store is unusable after an I/O error; exiting");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        }
+        tracing::debug!("store commit thread done");
+    }
+}
