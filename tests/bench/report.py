@@ -381,10 +381,12 @@ def main():
                 d.add(f"{name} (`{file}`):", "", "```", f.read().strip(), "```", "")
         except OSError:
             pass
-    d.add("tern-edge: built-in profile `edge-gateway` (its defaults, in-memory store), started as",
-          "", "```",
-          "TERN_LISTENERS__TCP__BIND=127.0.0.1:18833 TERN_NODE__DATA_DIR=<run dir>/tern-data \\",
-          "TERN_LOG__LEVEL=warn target/release/tern-edge --profile edge-gateway", "```", "")
+    store = fx.get("tern_store") or "memory"
+    d.add(f"tern-edge: built-in profile `edge-gateway`, its defaults except the store "
+          f"(`{store}`), started as", "", "```",
+          f"TERN_LISTENERS__TCP__BIND=127.0.0.1:18833 TERN_STORE__BACKEND={store} \\",
+          "TERN_NODE__DATA_DIR=<run dir>/tern-data TERN_LOG__LEVEL=warn \\",
+          "target/release/tern-edge --profile edge-gateway", "```", "")
 
     with open(out_path, "w") as f:
         f.write("\n".join(d.lines).rstrip() + "\n")
