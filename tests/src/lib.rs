@@ -10,6 +10,14 @@
 //!   need a particular broker configuration or read the broker's log use
 //!   [`Broker::start_configured`], which returns `None` (and says why) under an external
 //!   broker.
+//!
+//!   For durability tests the same broker can be killed and brought back on its data
+//!   directory: [`Broker::kill`] (SIGKILL, nothing flushed), [`Broker::stop`] (SIGTERM),
+//!   [`Broker::restart`] (same data directory, same port, same environment) and
+//!   [`Broker::try_start`] (for a broker that is expected to refuse to start, e.g. on a
+//!   corrupt store; see [`Broker::configured_stopped`]). Every run appends to the same
+//!   stderr log, after a `=== tern-test harness: start N ===` line; [`Broker::run_log`] is
+//!   the log of the current (or last) run only.
 //! * [`raw`] and [`RawClient`]: a deliberately small, independent MQTT 3.1.1 / 5.0 packet
 //!   writer and reader over a plain TCP socket, for the tests that must see or produce exact
 //!   bytes (DUP flags, packet ids, reason codes, topic aliases, malformed input). It is
@@ -21,9 +29,10 @@
 
 use std::fs::File;
 use std::io;
+use std::io::Write as _;
 use std::net::{TcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -80,8 +89,26 @@ pub struct Broker {
     host: String,
     port: u16,
     child: Option<Child>,
+    /// Not spawned by this harness (`TERN_TEST_BROKER`).
+    external: bool,
     log_path: Option<PathBuf>,
     work_dir: Option<PathBuf>,
+    /// Environment overrides of every run.
+    env: Vec<(String, String)>,
+    /// Offset in the log file where the current (or last) run starts.
+    run_log_start: u64,
+    /// Number of runs started so far.
+    runs: u32,
+}
+
+/// Why a spawned `tern-edge` did not come up (see [`Broker::try_start`]).
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Exit status if the process exited by itself; `None` if it was still running at the
+    /// timeout (it has been killed since).
+    pub status: Option<ExitStatus>,
+    /// What this run wrote to stderr.
+    pub log: String,
 }
 
 impl Broker {
@@ -117,9 +144,24 @@ impl Broker {
         }
     }
 
+    /// Prepares a `tern-edge` with extra environment overrides (work directory, data
+    /// directory, port) without starting it, e.g. to put a file into the data directory
+    /// first; start it with [`Broker::try_start`] or [`Broker::restart`]. Under an
+    /// external broker: prints `SKIP: <test>: <why>` and returns `None`.
+    pub fn configured_stopped(env: &[(&str, &str)], why: &str) -> Option<Broker> {
+        if let Some(addr) = external_broker() {
+            eprintln!(
+                "SKIP: {}: needs a tern-edge it starts itself ({why}); external broker {addr}",
+                std::thread::current().name().unwrap_or("?")
+            );
+            return None;
+        }
+        Some(Broker::prepare(env))
+    }
+
     /// True when the broker is not one this harness spawned.
     pub fn is_external(&self) -> bool {
-        self.child.is_none()
+        self.external
     }
 
     fn external(addr: &str) -> Broker {
@@ -130,12 +172,24 @@ impl Broker {
             host: host.to_string(),
             port: port.parse().expect("port of TERN_TEST_BROKER"),
             child: None,
+            external: true,
             log_path: None,
             work_dir: None,
+            env: Vec::new(),
+            run_log_start: 0,
+            runs: 0,
         }
     }
 
     fn spawn(env: &[(&str, &str)]) -> Broker {
+        let mut broker = Broker::prepare(env);
+        broker.launch();
+        broker.wait_ready();
+        broker
+    }
+
+    /// Work directory, data directory, log file and port; nothing started yet.
+    fn prepare(env: &[(&str, &str)]) -> Broker {
         let bin = edge_binary();
         assert!(
             bin.exists(),
@@ -147,37 +201,182 @@ impl Broker {
         let data_dir = work_dir.join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let log_path = work_dir.join("stderr.log");
-        let log = File::create(&log_path).expect("create log file");
-        let stdout_log = File::create(work_dir.join("stdout.log")).expect("create log file");
-        let port = free_port();
+        File::create(&log_path).expect("create log file");
+        Broker {
+            host: "127.0.0.1".to_string(),
+            port: free_port(),
+            child: None,
+            external: false,
+            log_path: Some(log_path),
+            work_dir: Some(work_dir),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            run_log_start: 0,
+            runs: 0,
+        }
+    }
+
+    /// Spawns the process of a prepared broker (not running) without waiting for it.
+    fn launch(&mut self) {
+        assert!(!self.external, "cannot start an external broker");
+        assert!(self.child.is_none(), "tern-edge is already running");
+        let bin = edge_binary();
+        let work_dir = self.work_dir.clone().expect("work dir of a spawned broker");
+        let data_dir = work_dir.join("data");
+        let log_path = self.log_path.clone().expect("log of a spawned broker");
+        self.runs += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .expect("open log file");
+        self.run_log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(log, "=== tern-test harness: start {} ===", self.runs);
+        let stdout_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(work_dir.join("stdout.log"))
+            .expect("create log file");
         let mut cmd = Command::new(&bin);
         cmd.arg("--profile")
             .arg("dev")
-            .env("TERN_LISTENERS__TCP__BIND", format!("127.0.0.1:{port}"))
+            .env(
+                "TERN_LISTENERS__TCP__BIND",
+                format!("127.0.0.1:{}", self.port),
+            )
             .env("TERN_NODE__DATA_DIR", &data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout_log))
             .stderr(Stdio::from(log));
         // tern-edge reads every TERN_* variable as configuration and rejects unknown keys:
         // keep the harness's own variables away from it.
-        for k in [BIN_ENV, EXTERNAL_BROKER_ENV, "TERN_TEST_KEEP_LOGS"] {
+        for k in [
+            BIN_ENV,
+            EXTERNAL_BROKER_ENV,
+            "TERN_TEST_KEEP_LOGS",
+            "TERN_TEST_SEED",
+        ] {
             cmd.env_remove(k);
         }
-        for (k, v) in env {
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let mut broker = Broker {
-            host: "127.0.0.1".to_string(),
-            port,
-            child: Some(child),
-            log_path: Some(log_path),
-            work_dir: Some(work_dir),
+        self.child = Some(child);
+    }
+
+    /// Starts a broker that is not running (prepared with [`Broker::configured_stopped`],
+    /// or killed/stopped before) on its data directory and port, and waits up to
+    /// `timeout` until it accepts connections. When it exits first, or is still not
+    /// ready at the timeout (it is killed then), returns the exit status and the run's log.
+    pub fn try_start(&mut self, timeout: Duration) -> Result<(), StartFailure> {
+        self.launch();
+        let deadline = Instant::now() + timeout;
+        let addr = self.addr();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(StartFailure {
+                        status: Some(status),
+                        log: self.run_log(),
+                    });
+                }
+            }
+            if StdTcpStream::connect(&addr).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(StartFailure {
+                    status: None,
+                    log: self.run_log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the broker again on the same data directory, port and environment, and
+    /// waits until it accepts connections (panics with the log otherwise). A running
+    /// broker is stopped first with [`Broker::stop`].
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// Kills the spawned broker with SIGKILL (no chance to flush anything) and reaps it.
+    /// The work and data directories stay. Panics for an external broker.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        assert!(!self.external, "cannot kill an external broker");
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Stops the spawned broker with SIGTERM, then SIGKILL after 5 s; returns its exit
+    /// status. The work and data directories stay. Panics for an external broker.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        assert!(!self.external, "cannot stop an external broker");
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// Waits up to `timeout` for the spawned broker to exit by itself; its status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Process id of the running spawned broker.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The broker's data directory (`TERN_NODE__DATA_DIR`); `None` for an external broker.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.work_dir.as_ref().map(|d| d.join("data"))
+    }
+
+    /// What the current (or last) run wrote to stderr, after the harness's start line.
+    pub fn run_log(&self) -> String {
+        let Some(path) = self.log_path.as_ref() else {
+            return String::new();
         };
-        broker.wait_ready();
-        broker
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let start = (self.run_log_start as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
     }
 
     fn wait_ready(&mut self) {
@@ -188,7 +387,7 @@ impl Broker {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!(
                         "tern-edge exited before accepting connections ({status}); log:\n{}",
-                        self.log()
+                        self.run_log()
                     );
                 }
             }
@@ -198,7 +397,7 @@ impl Broker {
             if Instant::now() > deadline {
                 panic!(
                     "tern-edge did not accept connections on {addr} within {READY_TIMEOUT:?}; log:\n{}",
-                    self.log()
+                    self.run_log()
                 );
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -248,11 +447,12 @@ impl Broker {
         }
     }
 
-    /// True while the spawned broker process runs (always true for an external broker).
+    /// True while the spawned broker process runs (always true for an external broker;
+    /// false after [`Broker::kill`] or [`Broker::stop`]).
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => true,
+            None => self.external,
         }
     }
 }
@@ -1054,6 +1254,39 @@ impl RawClient {
         let p = c.expect(Duration::from_secs(5), "CONNACK").await;
         let ack = p.connack(connect.version).expect("decode CONNACK");
         (c, ack)
+    }
+
+    /// Like [`RawClient::connect`], but returns an error instead of panicking when the
+    /// TCP connection is refused, the CONNACK does not arrive within `timeout`, or the
+    /// connection closes first (for clients that reconnect to a restarting broker).
+    pub async fn try_connect(
+        addr: &str,
+        connect: &raw::Connect,
+        timeout: Duration,
+    ) -> Result<(RawClient, raw::ConnAck), String> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(format!("TCP connect to {addr} timed out")),
+            Ok(Err(e)) => return Err(format!("TCP connect to {addr}: {e}")),
+            Ok(Ok(s)) => s,
+        };
+        stream.set_nodelay(true).ok();
+        let mut c = RawClient {
+            stream,
+            buf: Vec::new(),
+            version: connect.version,
+        };
+        c.send(&connect.encode())
+            .await
+            .map_err(|e| format!("send CONNECT: {e}"))?;
+        match c.recv(timeout).await {
+            Recv::Packet(p) => {
+                let ack = p
+                    .connack(connect.version)
+                    .map_err(|e| format!("bad CONNACK: {e}"))?;
+                Ok((c, ack))
+            }
+            other => Err(format!("expected CONNACK, got {other:?}")),
+        }
     }
 
     /// Writes bytes.
