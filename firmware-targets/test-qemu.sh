@@ -3,8 +3,9 @@
 # (firmware-targets/build.sh), runs it under qemu-aarch64 (user-mode emulation) with
 # the `dev` profile on a free loopback port, and drives it from the host with the
 # mosquitto clients: connect, subscribe (MQTT 5), publish at QoS 1 (MQTT 3.1.1),
-# receive. Measures the binary's size and the emulated process's idle RSS, then stops
-# it with SIGTERM and expects a clean exit (code 0).
+# receive; then a retained QoS 1 message, SIGTERM (expects exit code 0), a restart on
+# the same data directory, and the retained message must come back from the store.
+# Measures the binary's size and the emulated process's RSS.
 #
 # Installs qemu-user and mosquitto-clients with apt-get when missing (root or sudo),
 # and whatever build.sh needs. Exits non-zero on any failure; the last line is
@@ -110,51 +111,81 @@ unset_tern=()
 for var in $(compgen -e); do
 	case "$var" in TERN_*) unset_tern+=(-u "$var") ;; esac
 done
-env "${unset_tern[@]}" -u RUST_LOG TERN_LISTENERS__TCP__BIND="127.0.0.1:$port" \
-	TERN_NODE__DATA_DIR="$work/data" "$qemu" "$bin" --profile dev >"$work/tern-edge.log" 2>&1 &
-qemu_pid=$!
 
-listening=0
-for _ in $(seq 1 300); do
-	if ! kill -0 "$qemu_pid" 2>/dev/null; then
-		break
-	fi
-	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-		listening=1
-		break
-	fi
-	sleep 0.1
-done
-if [ "$listening" -eq 1 ]; then
+# start_broker LOG: runs tern-edge under qemu (store in $work/data) until it listens.
+start_broker() {
+	env "${unset_tern[@]}" -u RUST_LOG TERN_LISTENERS__TCP__BIND="127.0.0.1:$port" \
+		TERN_NODE__DATA_DIR="$work/data" "$qemu" "$bin" --profile dev >"$work/$1" 2>&1 &
+	qemu_pid=$!
+	local _
+	for _ in $(seq 1 300); do
+		kill -0 "$qemu_pid" 2>/dev/null || return 1
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+# stop_broker: SIGTERM, then expects exit code 0 within 15 s.
+stop_broker() {
+	local _ code=0
+	kill -TERM "$qemu_pid"
+	for _ in $(seq 1 150); do
+		if ! kill -0 "$qemu_pid" 2>/dev/null; then
+			wait "$qemu_pid" || code=$?
+			qemu_pid=""
+			return "$code"
+		fi
+		sleep 0.1
+	done
+	return 124
+}
+
+# subscribe NAME FILTER: mosquitto_sub (MQTT 5, QoS 1) for one message, in the
+# background; returns once the SUBACK is in. Line-buffered, so its debug output shows
+# up while it runs.
+subscribe() {
+	stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$port" -V mqttv5 -i "fw-$1" -q 1 -t "$2" \
+		-C 1 -W 30 -v -d >"$work/$1.log" 2>&1 &
+	sub_pid=$!
+	local _
+	for _ in $(seq 1 200); do
+		grep -q "received SUBACK" "$work/$1.log" && return 0
+		kill -0 "$sub_pid" 2>/dev/null || return 1
+		sleep 0.1
+	done
+	return 1
+}
+
+# received NAME TOPIC PAYLOAD: waits for the subscriber; true if it got exactly that
+# message at QoS 1.
+received() {
+	local code=0
+	wait "$sub_pid" || code=$?
+	sub_pid=""
+	[ "$code" -eq 0 ] && grep -qxF "$2 $3" "$work/$1.log" && grep -q "received PUBLISH (d0, q1" "$work/$1.log"
+}
+
+rss_kib() { sed -n "s/^$1:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$qemu_pid/status"; }
+
+if start_broker tern-edge.log; then
 	pass "tern-edge listens on 127.0.0.1:$port under $(basename "$qemu")"
 else
 	fail "tern-edge did not listen on 127.0.0.1:$port within 30 s"
 	exit 1
 fi
 
-# Idle: started, one probe connection closed, no clients. Let it settle.
+# Idle: started, store opened, one probe connection closed, no clients. Let it settle.
 sleep 2
-rss_kib() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$qemu_pid/status"; }
-idle_rss="$(rss_kib)"
+idle_rss="$(rss_kib VmRSS)"
 
 # --- drive it with a real MQTT client ---------------------------------------------------
 
 payload="hello from the host $$-$RANDOM"
 topic="firmware/qemu/hello"
-# Line-buffered, so that its debug output (SUBACK) shows up while it runs.
-stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$port" -V mqttv5 -i fw-sub -q 1 -t 'firmware/qemu/#' \
-	-C 1 -W 30 -v -d >"$work/sub.log" 2>&1 &
-sub_pid=$!
-subscribed=0
-for _ in $(seq 1 200); do
-	if grep -q "received SUBACK" "$work/sub.log"; then
-		subscribed=1
-		break
-	fi
-	kill -0 "$sub_pid" 2>/dev/null || break
-	sleep 0.1
-done
-if [ "$subscribed" -eq 1 ]; then
+if subscribe sub 'firmware/qemu/#'; then
 	pass "mosquitto_sub (MQTT 5) connected and subscribed to firmware/qemu/# at QoS 1"
 else
 	fail "mosquitto_sub got no SUBACK"
@@ -169,40 +200,43 @@ else
 	exit 1
 fi
 
-sub_code=0
-wait "$sub_pid" || sub_code=$?
-sub_pid=""
-if [ "$sub_code" -eq 0 ] && grep -qxF "$topic $payload" "$work/sub.log" &&
-	grep -q "received PUBLISH (d0, q1" "$work/sub.log"; then
+if received sub "$topic" "$payload"; then
 	pass "the subscriber received the message at QoS 1"
 else
-	fail "the subscriber did not receive '$topic $payload' at QoS 1 (exit $sub_code)"
+	fail "the subscriber did not receive '$topic $payload' at QoS 1"
 	exit 1
 fi
 
-after_rss="$(rss_kib)"
-peak_rss="$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$qemu_pid/status")"
-
-# --- stop it ----------------------------------------------------------------------------
-
-kill -TERM "$qemu_pid"
-stopped=0
-for _ in $(seq 1 150); do
-	if ! kill -0 "$qemu_pid" 2>/dev/null; then
-		stopped=1
-		break
-	fi
-	sleep 0.1
-done
-exit_code=0
-if [ "$stopped" -eq 1 ]; then
-	wait "$qemu_pid" || exit_code=$?
-	qemu_pid=""
+# A retained message, acknowledged now, must come back after a restart (the store).
+retained_topic="firmware/qemu/retained"
+retained_payload="kept across a restart $$-$RANDOM"
+if ! mosquitto_pub -h 127.0.0.1 -p "$port" -i fw-pub-retained -q 1 -r -t "$retained_topic" \
+	-m "$retained_payload" -d >"$work/pub-retained.log" 2>&1 ||
+	! grep -q "received PUBACK" "$work/pub-retained.log"; then
+	fail "the retained QoS 1 publish got no PUBACK"
+	exit 1
 fi
-if [ "$stopped" -eq 1 ] && [ "$exit_code" -eq 0 ]; then
+after_rss="$(rss_kib VmRSS)"
+peak_rss="$(rss_kib VmHWM)"
+
+# --- stop it, start it again ------------------------------------------------------------
+
+if stop_broker; then
 	pass "SIGTERM: clean exit (code 0)"
 else
-	fail "SIGTERM: stopped=$stopped exit code $exit_code"
+	fail "SIGTERM: tern-edge did not exit with code 0 (code $?)"
+	exit 1
+fi
+
+if start_broker tern-edge-restart.log && subscribe sub-retained "$retained_topic" &&
+	received sub-retained "$retained_topic" "$retained_payload"; then
+	pass "after a restart the retained message comes back from the store"
+else
+	fail "after a restart the retained message did not come back"
+	exit 1
+fi
+if ! stop_broker; then
+	fail "SIGTERM after the restart: no clean exit"
 	exit 1
 fi
 
