@@ -261,7 +261,15 @@ impl Broker {
 
     /// The next thing for the I/O layer to do.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outbox.poll_output()
+        loop {
+            let output = self.outbox.poll_output()?;
+            // An output held for durability may outlive its socket: drop it then.
+            match &output {
+                Output::Send(conn, _) | Output::Authenticate(conn, _)
+                    if !self.conns.contains_key(conn) => {}
+                _ => return Some(output),
+            }
+        }
     }
 
     /// When `handle_timeout` should be called next, if ever.

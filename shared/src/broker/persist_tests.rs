@@ -156,3 +156,28 @@ fn ended_sessions_and_cleared_retained_leave_the_store_empty() {
         (0, 0, 0, 0)
     );
 }
+
+/// Found by the `broker_session` fuzz target: an acknowledgement held for its batch
+/// must not be sent to a socket that closed before the batch committed.
+#[test]
+fn nothing_is_sent_to_a_socket_that_closed_while_its_ack_waited() {
+    let mut h = Harness::persistent(MemoryStore::default(), std::time::Instant::now());
+    let sub = h.connect("sub", V311, false);
+    h.subscribe(sub, "t", QoS::AtLeastOnce);
+    h.drop_conn(sub);
+    let p = h.connect("p", V311, true);
+    h.broker.handle_packet(
+        p,
+        Packet::Publish(publish("t", "m", QoS::AtLeastOnce, false, Some(9))),
+        h.now,
+    );
+    h.broker.handle_closed(p, h.now);
+    let batch = h.broker.poll_store_batch().expect("batch");
+    h.store
+        .as_mut()
+        .expect("store")
+        .apply(&batch.ops)
+        .expect("apply");
+    h.broker.handle_store_committed(batch.id);
+    assert_eq!(h.broker.poll_output(), None);
+}
