@@ -13,6 +13,12 @@
 //!   PUBACK (each at least once);
 //! * once the subscriber drained, publishing to it works again, refused message included,
 //!   and it still holds after a restart (store and memory agree).
+//!
+//! The other tests look at what a refusal leaves behind, because a refused batch must
+//! change nothing, in memory as on disk: a refused QoS 2 PUBLISH that its publisher resends
+//! is delivered exactly once (also across a SIGKILL), a SUBSCRIBE granted right after a
+//! refusal survives a crash, and a persistent session created while the store was full is
+//! served once there is room again.
 
 mod common;
 
@@ -360,4 +366,290 @@ async fn full_store_refuses_with_quota_keeps_what_it_acked_and_recovers() {
 fn tail(log: &str, n: usize) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A store with a budget, an offline persistent v5 subscriber on `full/{run}/#`, and
+/// QoS 1 messages published until the store refuses one. The `early` CONNECTs are made
+/// (and disconnected) first, so their sessions are stored while there is room. Returns the
+/// broker, the subscriber's resuming CONNECT, the acknowledged sequence numbers and the
+/// refused one.
+async fn filled_store(
+    run: &str,
+    early: &[&raw::Connect],
+) -> Option<(Broker, raw::Connect, BTreeSet<u32>, u32)> {
+    let broker = Broker::start_configured(
+        &[("TERN_STORE__MAX_BYTES", MAX_BYTES)],
+        "needs a small store budget",
+    )?;
+    let addr = broker.addr();
+    for connect in early {
+        let (mut c, ack) = RawClient::connect(&addr, connect).await;
+        assert_eq!(ack.code, 0);
+        c.send(&raw::disconnect(c.version, 0, &Props::new()))
+            .await
+            .unwrap();
+        let _ = c.wait_closed(WAIT).await;
+    }
+    let sub_connect = raw::Connect::new(raw::V5, &format!("{run}-sub"))
+        .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 600));
+    let (mut s, _) = RawClient::connect(&addr, &sub_connect).await;
+    assert_eq!(
+        s.subscribe(1, &[(&format!("full/{run}/#"), 1)], &Props::new())
+            .await,
+        vec![1]
+    );
+    s.send(&raw::disconnect(raw::V5, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = s.wait_closed(WAIT).await;
+    let (mut p, _) = RawClient::connect(&addr, &raw_v5("fill")).await;
+    let topic = format!("full/{run}/t");
+    let mut acked = BTreeSet::new();
+    for seq in 0..GIVE_UP_AFTER {
+        match publish_one(&mut p, &topic, seq, 1, false).await {
+            Answer::PubAck(r) if r < 0x80 => {
+                acked.insert(seq);
+            }
+            Answer::PubAck(QUOTA_EXCEEDED) | Answer::Disconnect(QUOTA_EXCEEDED) => {
+                return Some((broker, sub_connect.clean(false), acked, seq));
+            }
+            other => panic!("filling the store, message {seq}: {other:?}"),
+        }
+    }
+    panic!("no refusal after {GIVE_UP_AFTER} messages");
+}
+
+/// Receives until a second passes quietly, completing QoS 1 and QoS 2 deliveries;
+/// appends the sequence numbers delivered.
+async fn drain_until_quiet(s: &mut RawClient, seen: &mut Vec<u32>) {
+    loop {
+        match s.recv(Duration::from_secs(1)).await {
+            Recv::Packet(pk) if pk.kind == kind::PUBLISH => {
+                let publ = pk.publish(raw::V5).unwrap();
+                let pid = publ.pid.unwrap();
+                let back = if publ.qos == 2 {
+                    kind::PUBREC
+                } else {
+                    kind::PUBACK
+                };
+                s.send(&raw::ack(back, pid, None)).await.unwrap();
+                seen.push(seq_of(&publ.payload).unwrap());
+            }
+            Recv::Packet(pk) if pk.kind == kind::PUBREL => {
+                let (pid, _) = pk.ack().unwrap();
+                s.send(&raw::ack(kind::PUBCOMP, pid, None)).await.unwrap();
+            }
+            Recv::Packet(_) => {}
+            Recv::Timeout => return,
+            other => panic!("subscriber: {other:?}"),
+        }
+    }
+}
+
+/// Exactly once means a message the broker refused (no PUBREC: the publisher still owns
+/// it and will send it again) must not reach subscribers: otherwise the resend is a
+/// second delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_qos2_publish_is_delivered_once_after_the_resend() {
+    refused_qos2_is_delivered_once(false).await;
+}
+
+/// As above, with a SIGKILL between the drain and the resend: the restarted broker knows
+/// only what it stored, so it routes the resend as a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_qos2_publish_is_delivered_once_after_a_crash_and_the_resend() {
+    refused_qos2_is_delivered_once(true).await;
+}
+
+async fn refused_qos2_is_delivered_once(kill: bool) {
+    let run = unique("full2");
+    // The publisher's persistent v5 session exists before the store fills up.
+    let pub_connect = raw::Connect::new(raw::V5, &format!("{run}-q2pub"))
+        .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 600));
+    let Some((mut broker, sub_resume, acked, _)) = filled_store(&run, &[&pub_connect]).await else {
+        return;
+    };
+    let addr = broker.addr();
+    let topic = format!("full/{run}/t");
+    let pub_connect = pub_connect.clean(false);
+    // A QoS 2 message from that session: refused with 0x97.
+    let (mut p, _) = RawClient::connect(&addr, &pub_connect).await;
+    const ONCE: u32 = 50_000;
+    match publish_one(&mut p, &topic, ONCE, 2, false).await {
+        Answer::PubAck(QUOTA_EXCEEDED) | Answer::Disconnect(QUOTA_EXCEEDED) => {}
+        other => panic!("QoS 2 PUBLISH to a full store: {other:?}"),
+    }
+    // The subscriber drains (its queue has room again), then the publisher resends the
+    // message it holds no PUBREC for, as MQTT requires, and gets it through.
+    let (mut s, _) = RawClient::connect(&addr, &sub_resume).await;
+    let mut seen = Vec::new();
+    drain_until_quiet(&mut s, &mut seen).await;
+    let before = seen.iter().filter(|&&n| n == ONCE).count();
+    if kill {
+        let _ = s.send(&raw::disconnect(raw::V5, 0, &Props::new())).await;
+        let _ = s.wait_closed(WAIT).await;
+        tokio::task::block_in_place(|| {
+            broker.kill();
+            broker.restart();
+        });
+    }
+    let (mut p, _) = RawClient::connect(&addr, &pub_connect).await;
+    match publish_one(&mut p, &topic, ONCE, 2, true).await {
+        Answer::PubAck(r) if r < 0x80 => {}
+        other => panic!("resending the refused QoS 2 message after the drain: {other:?}"),
+    }
+    if kill {
+        s = RawClient::connect(&addr, &sub_resume).await.0;
+    }
+    drain_until_quiet(&mut s, &mut seen).await;
+    let missing: Vec<u32> = acked
+        .iter()
+        .filter(|n| !seen.contains(n))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged messages lost: {missing:?}"
+    );
+    let times = seen.iter().filter(|&&n| n == ONCE).count();
+    assert_eq!(
+        times,
+        1,
+        "the QoS 2 message refused with 0x97 and then resent (PUBCOMP){} must be delivered \
+         exactly once, it was delivered {times} times ({before} of them before the resend: \
+         the broker routed the PUBLISH it refused)",
+        if kill { " after a SIGKILL" } else { "" }
+    );
+}
+
+/// After a refusal, the broker's memory and its store must still agree: a SUBSCRIBE that
+/// got its SUBACK survives a crash. (Here the SUBSCRIBE is processed together with the
+/// first deliveries to the resumed session, which include the refused message.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_granted_after_a_refusal_survives_a_crash() {
+    let run = unique("full3");
+    let Some((mut broker, sub_resume, _, _)) = filled_store(&run, &[]).await else {
+        return;
+    };
+    let addr = broker.addr();
+    let extra = format!("extra/{run}/#");
+    // CONNECT and SUBSCRIBE in one write.
+    let mut c = RawClient::tcp(&addr, raw::V5).await;
+    let mut bytes = sub_resume.encode();
+    bytes.extend(raw::subscribe(raw::V5, 7, &[(&extra, 1)], &Props::new()));
+    c.send(&bytes).await.unwrap();
+    let mut suback = None;
+    loop {
+        match c.recv(Duration::from_secs(1)).await {
+            Recv::Packet(pk) if pk.kind == kind::PUBLISH => {
+                let publ = pk.publish(raw::V5).unwrap();
+                c.send(&raw::ack(kind::PUBACK, publ.pid.unwrap(), None))
+                    .await
+                    .unwrap();
+            }
+            Recv::Packet(pk) if pk.kind == kind::SUBACK => {
+                suback = Some(pk.suback(raw::V5).unwrap().2);
+            }
+            Recv::Packet(_) => {}
+            Recv::Timeout => break,
+            other => panic!("subscriber: {other:?}"),
+        }
+    }
+    assert_eq!(suback, Some(vec![1]), "SUBACK for {extra}");
+    let _ = c.send(&raw::disconnect(raw::V5, 0, &Props::new())).await;
+    let _ = c.wait_closed(WAIT).await;
+    let errors: Vec<String> = broker
+        .run_log()
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(str::to_string)
+        .collect();
+
+    tokio::task::block_in_place(|| {
+        broker.kill();
+        broker.restart();
+    });
+    let (mut p, _) = RawClient::connect(&addr, &raw_v5("extra-pub")).await;
+    let topic = format!("extra/{run}/x");
+    match publish_one(&mut p, &topic, 1, 1, false).await {
+        Answer::PubAck(r) if r < 0x80 => {
+            assert_ne!(
+                r, 0x10,
+                "PUBACK 0x10 (no matching subscribers): the subscription to {extra} that got \
+                 a SUBACK before the crash is gone; errors logged before the crash: {errors:#?}"
+            );
+        }
+        other => panic!("publish after the restart: {other:?}"),
+    }
+    let (mut c, ack) = RawClient::connect(&addr, &sub_resume).await;
+    assert!(ack.session_present);
+    let mut got = false;
+    while let Recv::Packet(pk) = c.recv(Duration::from_secs(2)).await {
+        if pk.kind == kind::PUBLISH {
+            let publ = pk.publish(raw::V5).unwrap();
+            c.send(&raw::ack(kind::PUBACK, publ.pid.unwrap(), None))
+                .await
+                .unwrap();
+            if publ.topic == topic {
+                got = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        got,
+        "the acknowledged message on {topic} never arrived: the subscription granted before \
+         the crash was not stored; errors logged before the crash: {errors:#?}"
+    );
+}
+
+/// A client that connects with a persistent session while the store is full (its session
+/// record does not fit) and subscribes must be served like anyone else once there is room
+/// again: messages to it are acknowledged and delivered, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_created_while_full_is_served_after_the_drain() {
+    let run = unique("full4");
+    let Some((broker, sub_resume, acked, _)) = filled_store(&run, &[]).await else {
+        return;
+    };
+    let addr = broker.addr();
+    // A new persistent session while the store is full; it stays online.
+    let late = raw::Connect::new(raw::V5, &format!("{run}-late"))
+        .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 600));
+    let (mut late_c, ack) = RawClient::connect(&addr, &late).await;
+    assert_eq!(ack.code, 0, "CONNACK while the store is full");
+    let codes = late_c
+        .subscribe(1, &[(&format!("late/{run}/#"), 1)], &Props::new())
+        .await;
+    eprintln!("SUBACK while the store is full: {codes:?}");
+
+    // The first subscriber drains: the store has room again.
+    let (mut s, _) = RawClient::connect(&addr, &sub_resume).await;
+    let mut seen = Vec::new();
+    drain_until_quiet(&mut s, &mut seen).await;
+    assert!(
+        acked.iter().all(|n| seen.contains(n)),
+        "acknowledged messages lost"
+    );
+
+    if codes != vec![1] {
+        // Refusing the subscription (0x97) is a legitimate answer; then there is nothing
+        // more to check here.
+        return;
+    }
+    let (mut p, _) = RawClient::connect(&addr, &raw_v5("late-pub")).await;
+    let topic = format!("late/{run}/x");
+    for n in 0..5 {
+        match publish_one(&mut p, &topic, n, 1, false).await {
+            Answer::PubAck(r) if r < 0x80 => {}
+            other => panic!(
+                "message {n} to the session created while the store was full, after the \
+                 drain: {other:?} (service must resume); log:\n{}",
+                tail(&broker.run_log(), 12)
+            ),
+        }
+    }
+    let mut got = Vec::new();
+    drain_until_quiet(&mut late_c, &mut got).await;
+    assert_eq!(got, vec![0, 1, 2, 3, 4], "deliveries to the late session");
 }
