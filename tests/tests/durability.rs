@@ -13,6 +13,10 @@
 //!   message exactly once, the retained message set before the kills intact (and the one
 //!   cleared before the kills still cleared), and the subscriptions still route new
 //!   messages.
+//! * Deterministic cases of the same promise: deliveries in flight at the kill resume
+//!   (QoS 1/2 PUBLISH resent with DUP, QoS 2 continued with PUBREL), a QoS 2 PUBLISH that
+//!   got PUBREC before the kill is recognised when resent, and expiry (sessions and
+//!   messages) keeps counting while the broker is down.
 //! * A graceful restart keeps sessions, queues and retained messages too; the `memory`
 //!   backend forgets them (and so shows that the default backend is the durable one).
 //! * A store file that is garbage, or a directory, stops `tern-edge` at startup with a
@@ -799,4 +803,200 @@ async fn truncated_store_is_recovered_or_reported() {
             eprintln!("truncated store: refused: {}", tail(&e.log, 3));
         }
     }
+}
+
+/// Reads packets until `n` arrived (PINGRESPs skipped), each within [`WAIT`].
+async fn packets(c: &mut RawClient, n: usize) -> Vec<raw::Packet> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match c.recv(WAIT).await {
+            Recv::Packet(p) if p.kind == kind::PINGRESP => {}
+            Recv::Packet(p) => out.push(p),
+            other => panic!("expected {n} packets, got {out:?} then {other:?}"),
+        }
+    }
+    out
+}
+
+/// Deliveries in flight when the broker is killed resume as MQTT requires: an unacknowledged
+/// QoS 1 or QoS 2 PUBLISH is resent with DUP and the same packet id, a QoS 2 delivery the
+/// subscriber already answered with PUBREC continues with PUBREL (resending the PUBLISH
+/// there would be a second delivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inflight_deliveries_resume_after_sigkill() {
+    let Some(mut broker) = Broker::start_configured(&[], "kills the broker") else {
+        return;
+    };
+    let addr = broker.addr();
+    let base = unique("inflight");
+    let connect = raw::Connect::new(raw::V4, &format!("{base}-sub")).clean(false);
+    let (mut s, _) = RawClient::connect(&addr, &connect).await;
+    let filters = [
+        (format!("{base}/q1"), 1u8),
+        (format!("{base}/q2a"), 2),
+        (format!("{base}/q2b"), 2),
+    ];
+    let f: Vec<(&str, u8)> = filters.iter().map(|(t, q)| (t.as_str(), *q)).collect();
+    assert_eq!(s.subscribe(1, &f, &Props::new()).await, vec![1, 2, 2]);
+
+    let mut p = v4::client(&broker, "inflight-pub").await;
+    p.publish(&filters[0].0, v4::QoS::AtLeastOnce, false, b"m1")
+        .await;
+    p.publish(&filters[1].0, v4::QoS::ExactlyOnce, false, b"m2")
+        .await;
+    p.publish(&filters[2].0, v4::QoS::ExactlyOnce, false, b"m3")
+        .await;
+    let mut pids = HashMap::new();
+    for pk in packets(&mut s, 3).await {
+        let publ = pk.publish(raw::V4).expect("PUBLISH");
+        pids.insert(publ.payload.clone(), (publ.pid.unwrap(), publ.qos));
+    }
+    let (m3_pid, _) = pids[&b"m3".to_vec()];
+    s.send(&raw::ack(kind::PUBREC, m3_pid, None)).await.unwrap();
+    let rel = s.expect(WAIT, "PUBREL").await;
+    assert_eq!((rel.kind, rel.ack().unwrap().0), (kind::PUBREL, m3_pid));
+    // No PUBACK for m1, no PUBREC for m2, no PUBCOMP for m3. Kill.
+    tokio::task::block_in_place(|| {
+        broker.kill();
+        broker.restart();
+    });
+    let (mut s, ack) = RawClient::connect(&addr, &connect).await;
+    assert!(ack.session_present, "session lost");
+    let mut got = Vec::new();
+    for pk in packets(&mut s, 3).await {
+        match pk.kind {
+            kind::PUBLISH => {
+                let publ = pk.publish(raw::V4).unwrap();
+                got.push((
+                    String::from_utf8_lossy(&publ.payload).into_owned(),
+                    publ.pid.unwrap(),
+                    publ.qos,
+                    publ.dup,
+                ));
+            }
+            kind::PUBREL => got.push(("PUBREL".into(), pk.ack().unwrap().0, 1, false)),
+            other => panic!("unexpected packet type {other} after the restart"),
+        }
+    }
+    got.sort();
+    let (m1_pid, _) = pids[&b"m1".to_vec()];
+    let (m2_pid, _) = pids[&b"m2".to_vec()];
+    let mut want = vec![
+        ("PUBREL".to_string(), m3_pid, 1, false),
+        ("m1".to_string(), m1_pid, 1, true),
+        ("m2".to_string(), m2_pid, 2, true),
+    ];
+    want.sort();
+    assert_eq!(
+        got, want,
+        "after a SIGKILL: (payload or PUBREL, packet id, QoS, DUP) resent to the subscriber"
+    );
+    match s.recv(QUIET).await {
+        Recv::Timeout => {}
+        other => panic!("nothing else may be resent (m3 was received already), got {other:?}"),
+    }
+}
+
+/// The incoming side of QoS 2: a PUBLISH the broker answered with PUBREC, resent by the
+/// publisher after a SIGKILL (it never saw the PUBREC), is recognised by its packet id and
+/// delivered once; the PUBREL that follows gets its PUBCOMP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_qos2_is_recognised_after_sigkill() {
+    let Some(mut broker) = Broker::start_configured(&[], "kills the broker") else {
+        return;
+    };
+    let addr = broker.addr();
+    let topic = unique("in-q2/t");
+    let resume = offline_subscriber(&addr, &unique("in-q2-sub"), &topic).await;
+    let pub_connect = raw::Connect::new(raw::V4, &unique("in-q2-pub")).clean(false);
+    let (mut p, _) = RawClient::connect(&addr, &pub_connect).await;
+    let msg = PublishOut::new(&topic, b"exactly-once").qos(2, 42);
+    p.send(&msg.encode(raw::V4)).await.unwrap();
+    let rec = p.expect(WAIT, "PUBREC").await;
+    assert_eq!((rec.kind, rec.ack().unwrap().0), (kind::PUBREC, 42));
+    tokio::task::block_in_place(|| {
+        broker.kill();
+        broker.restart();
+    });
+    let (mut p, ack) = RawClient::connect(&addr, &pub_connect).await;
+    assert!(ack.session_present, "publisher session lost");
+    let mut dup = msg.clone();
+    dup.dup = true;
+    p.send(&dup.encode(raw::V4)).await.unwrap();
+    let rec = p.expect(WAIT, "PUBREC").await;
+    assert_eq!((rec.kind, rec.ack().unwrap().0), (kind::PUBREC, 42));
+    p.send(&raw::ack(kind::PUBREL, 42, None)).await.unwrap();
+    let comp = p.expect(WAIT, "PUBCOMP").await;
+    assert_eq!((comp.kind, comp.ack().unwrap().0), (kind::PUBCOMP, 42));
+
+    let (mut s, _) = RawClient::connect(&addr, &resume).await;
+    let got = drain(&mut s, 5, Duration::from_secs(1)).await;
+    assert_eq!(
+        got,
+        vec![b"exactly-once".to_vec()],
+        "a QoS 2 PUBLISH resent after a SIGKILL must be delivered exactly once"
+    );
+}
+
+/// Expiry is wall-clock time and keeps running while the broker is down: a session whose
+/// expiry passed during the outage is gone, a message whose expiry passed is not delivered,
+/// a live one is, with the remaining interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_keeps_counting_across_a_restart() {
+    let Some(mut broker) = Broker::start_configured(&[], "kills the broker") else {
+        return;
+    };
+    let addr = broker.addr();
+    let topic = unique("exp/t");
+    // A session that expires 1 s after going offline, and one that lasts.
+    let short = raw::Connect::new(raw::V5, &unique("exp-short"))
+        .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 1));
+    let (mut c, _) = RawClient::connect(&addr, &short).await;
+    c.send(&raw::disconnect(raw::V5, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = c.wait_closed(WAIT).await;
+    let lasting = offline_subscriber(&addr, &unique("exp-long"), &topic).await;
+    let (mut p, _) = RawClient::connect(&addr, &raw_v5("exp-pub")).await;
+    for (pid, payload, expiry) in [(1u16, &b"expires"[..], 1u32), (2, &b"lasts"[..], 60)] {
+        let m = PublishOut::new(&topic, payload)
+            .qos(1, pid)
+            .props(Props::new().u32(prop::MESSAGE_EXPIRY_INTERVAL, expiry));
+        p.send(&m.encode(raw::V5)).await.unwrap();
+        let ack = p.expect(WAIT, "PUBACK").await;
+        assert_eq!(ack.kind, kind::PUBACK);
+    }
+    tokio::task::block_in_place(|| broker.kill());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::task::block_in_place(|| broker.restart());
+
+    let (mut s, ack) = RawClient::connect(&addr, &lasting).await;
+    assert!(ack.session_present, "the 600 s session must survive");
+    let publ = s.expect_publish(WAIT).await;
+    s.send(&raw::ack(kind::PUBACK, publ.pid.unwrap(), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        publ.payload, b"lasts",
+        "the message that expired during the outage must not be delivered"
+    );
+    let left = publ
+        .props
+        .int(prop::MESSAGE_EXPIRY_INTERVAL)
+        .expect("message expiry interval forwarded");
+    assert!(
+        (50..=58).contains(&left),
+        "remaining expiry after ~2.5 s down should be ~57 s, got {left}"
+    );
+    match s.recv(QUIET).await {
+        Recv::Timeout => {}
+        other => panic!("only one message was due, then {other:?}"),
+    }
+    // Clients reconnect as soon as the broker is back: no grace time here.
+    let (_c, ack) = RawClient::connect(&addr, &short.clone().clean(false)).await;
+    assert!(
+        !ack.session_present,
+        "a session with expiry 1 s, offline since before a 2.5 s outage, must be gone when \
+         its client reconnects right after the restart (CONNACK session present = 1)"
+    );
 }
