@@ -13,6 +13,10 @@
 //!   message exactly once, the retained message set before the kills intact (and the one
 //!   cleared before the kills still cleared), and the subscriptions still route new
 //!   messages.
+//! * [`deliveries_survive_sigkill_while_draining`] is its mirror image: the subscriber
+//!   drains a QoS 1 and QoS 2 backlog while the broker is SIGKILLed under it, reconnecting
+//!   each time and keeping its QoS 2 receiver state as MQTT says; every message arrives,
+//!   QoS 2 exactly once.
 //! * Deterministic cases of the same promise: deliveries in flight at the kill resume
 //!   (QoS 1/2 PUBLISH resent with DUP, QoS 2 continued with PUBREL), a QoS 2 PUBLISH that
 //!   got PUBREC before the kill is recognised when resent, and expiry (sessions and
@@ -562,6 +566,259 @@ async fn crash_test(broker: &mut Broker, seed: u64) {
         (kept_topic.clone(), &b"kept"[..], true)
     );
     r.expect_no_publish(QUIET).await;
+}
+
+/// What the draining subscriber of [`deliveries_survive_sigkill_while_draining`] saw,
+/// with the receiver side of QoS 2 done by the book: a PUBLISH whose packet id awaits
+/// PUBREL is a resend, answered with PUBREC but not delivered again.
+#[derive(Default)]
+struct Drained {
+    /// Deliveries to the application per (stream, seq).
+    delivered: BTreeMap<(String, u32), u32>,
+    /// QoS 2 packet ids that got PUBREC and wait for PUBREL (session state: kept across
+    /// reconnects).
+    awaiting_rel: BTreeSet<u16>,
+    connections: u32,
+    errors: Vec<String>,
+}
+
+/// Drains a persistent v4 session until `want` distinct messages arrived, reconnecting
+/// whenever the broker goes away; counts distinct deliveries in `progress`.
+async fn drain_across_kills(
+    addr: String,
+    connect: raw::Connect,
+    want: usize,
+    progress: Arc<AtomicU64>,
+) -> Drained {
+    let mut d = Drained::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'connections: loop {
+        if Instant::now() > deadline {
+            d.errors.push("drain did not finish within 60 s".into());
+            return d;
+        }
+        let mut c = match RawClient::try_connect(&addr, &connect, Duration::from_secs(2)).await {
+            Ok((c, ack)) if ack.code == 0 && ack.session_present => c,
+            Ok((_, ack)) => {
+                d.errors.push(format!(
+                    "reconnect: code {} session present {}",
+                    ack.code, ack.session_present
+                ));
+                return d;
+            }
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        d.connections += 1;
+        loop {
+            let wait = if d.delivered.len() >= want {
+                QUIET * 2
+            } else {
+                ACK_TIMEOUT
+            };
+            match c.recv(wait).await {
+                Recv::Packet(p) if p.kind == kind::PUBLISH => {
+                    let publ = match p.publish(raw::V4) {
+                        Ok(publ) => publ,
+                        Err(e) => {
+                            d.errors.push(e);
+                            return d;
+                        }
+                    };
+                    let pid = publ.pid.unwrap_or(0);
+                    let resend = publ.qos == 2 && d.awaiting_rel.contains(&pid);
+                    if !resend {
+                        let text = String::from_utf8_lossy(&publ.payload).into_owned();
+                        let mut parts = text.splitn(3, ':');
+                        let name = parts.next().unwrap_or("").to_string();
+                        let seq = parts
+                            .next()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(u32::MAX);
+                        let n = d.delivered.entry((name, seq)).or_default();
+                        *n += 1;
+                        if *n == 1 {
+                            progress.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let back = match publ.qos {
+                        2 => {
+                            d.awaiting_rel.insert(pid);
+                            raw::ack(kind::PUBREC, pid, None)
+                        }
+                        _ => raw::ack(kind::PUBACK, pid, None),
+                    };
+                    if c.send(&back).await.is_err() {
+                        continue 'connections;
+                    }
+                }
+                Recv::Packet(p) if p.kind == kind::PUBREL => {
+                    let pid = p.ack().map(|a| a.0).unwrap_or(0);
+                    d.awaiting_rel.remove(&pid);
+                    if c.send(&raw::ack(kind::PUBCOMP, pid, None)).await.is_err() {
+                        continue 'connections;
+                    }
+                }
+                Recv::Packet(_) => {}
+                Recv::Closed | Recv::Garbage(_) => continue 'connections,
+                Recv::Timeout if d.delivered.len() >= want => {
+                    let _ = c.send(&raw::disconnect(raw::V4, 0, &Props::new())).await;
+                    return d;
+                }
+                Recv::Timeout => {
+                    d.errors.push(format!(
+                        "nothing for {ACK_TIMEOUT:?} with {} of {want} delivered",
+                        d.delivered.len()
+                    ));
+                    return d;
+                }
+            }
+        }
+    }
+}
+
+/// The delivery side of the promise: an offline persistent subscriber with a QoS 1 and a
+/// QoS 2 backlog drains it while the broker is SIGKILLed at random points (seeded) and
+/// restarted; the subscriber reconnects each time and keeps its QoS 2 receiver state.
+/// Every message arrives, QoS 2 exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_survive_sigkill_while_draining() {
+    let Some(mut broker) = Broker::start_configured(&[], "kills and restarts the broker") else {
+        return;
+    };
+    let seed = seed() ^ 0x5EED;
+    eprintln!("drain crash test seed {seed}");
+    let mut rng = Rng(seed);
+    let run = unique("dcrash");
+    let connect = raw::Connect::new(raw::V4, &format!("{run}-sub")).clean(false);
+    let (mut s, _) = RawClient::connect(&broker.addr(), &connect).await;
+    let (f1, f2) = (format!("dcrash/q1/{run}/#"), format!("dcrash/q2/{run}/#"));
+    assert_eq!(
+        s.subscribe(1, &[(&f1, 1), (&f2, 2)], &Props::new()).await,
+        vec![1, 2]
+    );
+    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = s.wait_closed(WAIT).await;
+
+    let (n1, n2) = (1500u32, 1000u32);
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = |name, qos, n, connect| Stream {
+        name,
+        qos,
+        topic: format!("dcrash/{name}/{run}/s"),
+        connect,
+        state: vec![State::Unsent; n as usize],
+        inflight: HashMap::new(),
+        next: 0,
+        acked_total: acked_total.clone(),
+        connections: 0,
+        resent: 0,
+        errors: Vec::new(),
+    };
+    let q1 = stream(
+        "q1",
+        1,
+        n1,
+        raw::Connect::new(raw::V4, &format!("{run}-p1")),
+    );
+    let q2 = stream(
+        "q2",
+        2,
+        n2,
+        raw::Connect::new(raw::V4, &format!("{run}-p2")).clean(false),
+    );
+    let (q1, q2) = tokio::join!(
+        run_publisher(broker.addr(), q1, stop.clone()),
+        run_publisher(broker.addr(), q2, stop.clone())
+    );
+    assert!(
+        q1.errors.is_empty() && q2.errors.is_empty(),
+        "{:?} {:?}",
+        q1.errors,
+        q2.errors
+    );
+
+    let progress = Arc::new(AtomicU64::new(0));
+    let want = (n1 + n2) as usize;
+    let task = tokio::spawn(drain_across_kills(
+        broker.addr(),
+        connect,
+        want,
+        progress.clone(),
+    ));
+    let mut kills = Vec::new();
+    for _ in 0..KILLS {
+        let target = progress.load(Ordering::Relaxed) + rng.range(100, 350);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while progress.load(Ordering::Relaxed) < target && !task.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "drain stuck at {}",
+                progress.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if task.is_finished() {
+            break;
+        }
+        kills.push(progress.load(Ordering::Relaxed));
+        tokio::task::block_in_place(|| broker.kill());
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 60))).await;
+        tokio::task::block_in_place(|| broker.restart());
+    }
+    let d = tokio::time::timeout(Duration::from_secs(70), task)
+        .await
+        .expect("drain task hung")
+        .expect("drain task");
+    eprintln!(
+        "drain: kills after {kills:?} deliveries, {} connections, {} distinct",
+        d.connections,
+        d.delivered.len()
+    );
+    assert!(
+        d.errors.is_empty(),
+        "subscriber (seed {seed}): {:?}; log:\n{}",
+        d.errors,
+        tail(&broker.log(), 40)
+    );
+    assert_eq!(
+        kills.len(),
+        KILLS,
+        "the drain finished before all kills happened"
+    );
+    let missing: Vec<String> = (0..n1)
+        .map(|s| ("q1".to_string(), s))
+        .chain((0..n2).map(|s| ("q2".to_string(), s)))
+        .filter(|k| !d.delivered.contains_key(k))
+        .take(20)
+        .map(|(n, s)| format!("{n}:{s}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "messages lost while draining across kills (seed {seed}, first 20): {missing:?}"
+    );
+    let dup2: Vec<u32> = d
+        .delivered
+        .iter()
+        .filter(|((n, _), &c)| n == "q2" && c > 1)
+        .map(|((_, s), _)| *s)
+        .collect();
+    assert!(
+        dup2.is_empty(),
+        "QoS 2 delivered more than once across kills (seed {seed}): {:?}",
+        &dup2[..dup2.len().min(20)]
+    );
+    assert_eq!(
+        d.delivered.len(),
+        want,
+        "deliveries of unknown messages: {:?}",
+        d.delivered.keys().filter(|(_, s)| *s == u32::MAX).count()
+    );
 }
 
 /// The last `n` lines of a log.
