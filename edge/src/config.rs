@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
+use tern_core::auth::acl::Acl;
 use tern_core::broker::BrokerConfig;
 use tern_core::store::Fsync;
 
@@ -64,6 +65,13 @@ pub struct EdgeConfig {
     pub mqtt: BrokerConfig,
     /// Where and how sessions, queues and retained messages are persisted.
     pub store: StoreConfig,
+    /// Who may connect: anonymous access, the password file, failed-login limits.
+    pub auth: AuthConfig,
+    /// Access rules (`[acl]` with `[[acl.rules]]`); absent: everything is allowed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<Acl>,
+    /// Connection limits applied when a socket is accepted.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -84,12 +92,18 @@ impl Default for NodeConfig {
     }
 }
 
-/// The `[listeners]` section: one sub-section per transport (TLS and WebSocket later).
+/// The `[listeners]` section: one sub-section per transport.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenersConfig {
     /// Plain MQTT over TCP.
     pub tcp: TcpListenerConfig,
+    /// MQTT over TLS (`mqtts://`).
+    pub tls: TlsListenerConfig,
+    /// MQTT over WebSocket (`ws://`).
+    pub ws: WsListenerConfig,
+    /// MQTT over WebSocket over TLS (`wss://`).
+    pub wss: WssListenerConfig,
 }
 
 /// The `[listeners.tcp]` section.
@@ -107,6 +121,169 @@ impl Default for TcpListenerConfig {
         TcpListenerConfig {
             enabled: true,
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883)),
+        }
+    }
+}
+
+/// The `[listeners.tls]` section. A path left empty (`""`) is not set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// Whether to listen at all (needs `cert` and `key`).
+    pub enabled: bool,
+    /// Address and port to bind.
+    pub bind: SocketAddr,
+    /// PEM file with the server certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file with the CAs that sign client certificates; set: clients may present one.
+    pub client_ca: PathBuf,
+    /// Refuse the TLS handshake of a client without a valid certificate.
+    pub require_client_cert: bool,
+    /// Use the client certificate's CN (or first DNS SAN) as the user name, without
+    /// a password.
+    pub use_identity_as_username: bool,
+}
+
+impl Default for TlsListenerConfig {
+    fn default() -> Self {
+        TlsListenerConfig {
+            enabled: false,
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8883)),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            require_client_cert: false,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+/// The `[listeners.ws]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsListenerConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address and port to bind.
+    pub bind: SocketAddr,
+    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    pub path: String,
+}
+
+impl Default for WsListenerConfig {
+    fn default() -> Self {
+        WsListenerConfig {
+            enabled: false,
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8083)),
+            path: "/mqtt".to_owned(),
+        }
+    }
+}
+
+/// The `[listeners.wss]` section. Empty `cert`/`key`/`client_ca`: those of
+/// `[listeners.tls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WssListenerConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// Address and port to bind.
+    pub bind: SocketAddr,
+    /// HTTP path of the WebSocket endpoint; other paths get 404.
+    pub path: String,
+    /// PEM file with the server certificate chain (empty: `listeners.tls.cert`).
+    pub cert: PathBuf,
+    /// PEM file with the private key (empty: `listeners.tls.key`).
+    pub key: PathBuf,
+    /// PEM file with the client CAs (empty: `listeners.tls.client_ca`).
+    pub client_ca: PathBuf,
+    /// Refuse the TLS handshake of a client without a valid certificate.
+    pub require_client_cert: bool,
+    /// Use the client certificate's CN (or first DNS SAN) as the user name.
+    pub use_identity_as_username: bool,
+}
+
+impl Default for WssListenerConfig {
+    fn default() -> Self {
+        WssListenerConfig {
+            enabled: false,
+            bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 8084)),
+            path: "/mqtt".to_owned(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            client_ca: PathBuf::new(),
+            require_client_cert: false,
+            use_identity_as_username: false,
+        }
+    }
+}
+
+impl WssListenerConfig {
+    /// This listener's TLS settings, falling back to `tls`'s files where empty.
+    pub fn tls_settings(&self, tls: &TlsListenerConfig) -> TlsListenerConfig {
+        let or = |own: &PathBuf, base: &PathBuf| {
+            if own.as_os_str().is_empty() {
+                base.clone()
+            } else {
+                own.clone()
+            }
+        };
+        TlsListenerConfig {
+            enabled: self.enabled,
+            bind: self.bind,
+            cert: or(&self.cert, &tls.cert),
+            key: or(&self.key, &tls.key),
+            client_ca: or(&self.client_ca, &tls.client_ca),
+            require_client_cert: self.require_client_cert,
+            use_identity_as_username: self.use_identity_as_username,
+        }
+    }
+}
+
+/// The `[auth]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Let clients without a user name in (and, without a password file, any user name).
+    pub allow_anonymous: bool,
+    /// `user:$argon2id$...` lines, managed with `tern-edge passwd` (empty: none).
+    pub password_file: PathBuf,
+    /// Failed logins allowed per client address per minute before its CONNECTs are
+    /// refused with 0x9F unchecked (0 = no limit).
+    pub max_login_failures: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_anonymous: false,
+            password_file: PathBuf::new(),
+            max_login_failures: 5,
+        }
+    }
+}
+
+/// The `[limits]` section: checked when a socket is accepted; a connection beyond a
+/// limit is closed at once, before any byte is read. 0 means no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most open client connections, all listeners together.
+    pub max_connections: usize,
+    /// Most open connections from one IP address.
+    pub max_connections_per_ip: usize,
+    /// New connections accepted per second, per listener (a burst of as many).
+    pub connect_rate: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            connect_rate: 500,
         }
     }
 }
@@ -332,10 +509,23 @@ impl EdgeConfig {
 
     /// Checks what the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.listeners.tcp.enabled {
+        let l = &self.listeners;
+        if !(l.tcp.enabled || l.tls.enabled || l.ws.enabled || l.wss.enabled) {
             return Err(ConfigError::Semantic(
                 "no listener is enabled (set `listeners.tcp.enabled = true`)".to_owned(),
             ));
+        }
+        validate_tls("listeners.tls", &l.tls)?;
+        validate_tls("listeners.wss", &l.wss.tls_settings(&l.tls))?;
+        for (name, enabled, path) in [
+            ("listeners.ws", l.ws.enabled, &l.ws.path),
+            ("listeners.wss", l.wss.enabled, &l.wss.path),
+        ] {
+            if enabled && !path.starts_with('/') {
+                return Err(ConfigError::Semantic(format!(
+                    "`{name}.path` = {path:?} must start with `/` (e.g. \"/mqtt\")"
+                )));
+            }
         }
         if self.mqtt.max_packet_size < 64 {
             return Err(ConfigError::Semantic(format!(
@@ -367,6 +557,32 @@ impl EdgeConfig {
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
     }
+}
+
+/// A TLS listener that is enabled needs its certificate and key; client-certificate
+/// options need the CA that signs them.
+fn validate_tls(name: &str, tls: &TlsListenerConfig) -> Result<(), ConfigError> {
+    if !tls.enabled {
+        return Ok(());
+    }
+    for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::Semantic(format!(
+                "`{name}.{key}` must be set (a PEM file) when `{name}.enabled` = true"
+            )));
+        }
+    }
+    for (key, on) in [
+        ("require_client_cert", tls.require_client_cert),
+        ("use_identity_as_username", tls.use_identity_as_username),
+    ] {
+        if on && tls.client_ca.as_os_str().is_empty() {
+            return Err(ConfigError::Semantic(format!(
+                "`{name}.{key}` = true needs `{name}.client_ca` (the CAs of client certificates)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The layers named by `sources`, lowest first.
@@ -712,6 +928,97 @@ mod tests {
             &[("TERN_LISTENERS__TCP__ENABLED", "false")],
         ));
         assert!(msg.contains("listeners.tcp.enabled"), "{msg}");
+    }
+
+    #[test]
+    fn tls_listeners_need_their_files() {
+        let msg = load_err(&sources(
+            None,
+            None,
+            &[("TERN_LISTENERS__TLS__ENABLED", "true")],
+        ));
+        assert!(msg.contains("listeners.tls.cert"), "{msg}");
+        let msg = load_err(&sources(
+            None,
+            None,
+            &[
+                ("TERN_LISTENERS__TLS__ENABLED", "true"),
+                ("TERN_LISTENERS__TLS__CERT", "/c.pem"),
+                ("TERN_LISTENERS__TLS__KEY", "/k.pem"),
+                ("TERN_LISTENERS__TLS__REQUIRE_CLIENT_CERT", "true"),
+            ],
+        ));
+        assert!(msg.contains("listeners.tls.client_ca"), "{msg}");
+        // wss falls back to the files of [listeners.tls].
+        let config = EdgeConfig::load(&sources(
+            None,
+            None,
+            &[
+                ("TERN_LISTENERS__WSS__ENABLED", "true"),
+                ("TERN_LISTENERS__TLS__CERT", "/c.pem"),
+                ("TERN_LISTENERS__TLS__KEY", "/k.pem"),
+            ],
+        ))
+        .expect("loads");
+        let wss = config.listeners.wss.tls_settings(&config.listeners.tls);
+        assert_eq!(wss.cert, PathBuf::from("/c.pem"));
+        let msg = load_err(&sources(
+            None,
+            None,
+            &[
+                ("TERN_LISTENERS__WS__ENABLED", "true"),
+                ("TERN_LISTENERS__WS__PATH", "mqtt"),
+            ],
+        ));
+        assert!(msg.contains("listeners.ws.path"), "{msg}");
+    }
+
+    #[test]
+    fn security_defaults_per_profile() {
+        for name in ["edge-gateway", "edge-minimal"] {
+            let c = EdgeConfig::load(&sources(Some(name), None, &[])).expect("loads");
+            assert!(!c.auth.allow_anonymous, "{name}");
+            assert!(c.limits.max_connections > 0, "{name}");
+            assert!(
+                !c.listeners.tls.enabled && !c.listeners.ws.enabled,
+                "{name}"
+            );
+            assert!(c.acl.is_none(), "{name}: no ACL, everything allowed");
+        }
+        let dev = EdgeConfig::load(&sources(Some("dev"), None, &[])).expect("loads");
+        assert!(dev.auth.allow_anonymous);
+        assert_eq!(dev.limits.max_connections, 0);
+    }
+
+    #[test]
+    fn acl_rules_from_a_file() {
+        use tern_core::auth::acl::{Permission, RuleAction};
+        let path = temp_file(
+            "acl.toml",
+            "[acl]\nno_match = \"deny\"\n[[acl.rules]]\npermission = \"allow\"\n\
+             topic = \"devices/%c/#\"\n[[acl.rules]]\npermission = \"deny\"\n\
+             user = \"guest\"\naction = \"publish\"\ntopic = \"#\"\n",
+        );
+        let config = EdgeConfig::load(&sources(None, Some(&path), &[])).expect("loads");
+        let acl = config.acl.clone().expect("acl");
+        assert_eq!(acl.no_match, Permission::Deny);
+        assert_eq!(acl.rules.len(), 2);
+        assert_eq!(acl.rules[1].action, RuleAction::Publish);
+        assert_eq!(acl.rules[1].user.as_deref(), Some("guest"));
+        // --print-config shows it, and it loads back.
+        let text = config.to_toml().expect("serializes");
+        assert!(text.contains("[[acl.rules]]"), "{text}");
+        let printed = temp_file("acl-printed.toml", &text);
+        let again = EdgeConfig::load(&sources(None, Some(&printed), &[])).expect("loads");
+        assert_eq!(again, config);
+
+        let path = temp_file(
+            "acl-bad.toml",
+            "[[acl.rules]]\npermission = \"allow\"\ntopic = \"a\"\nuser_name = \"x\"\n",
+        );
+        let msg = load_err(&sources(None, Some(&path), &[]));
+        assert!(msg.contains("user_name"), "{msg}");
+        assert!(msg.contains("acl"), "{msg}");
     }
 
     #[test]

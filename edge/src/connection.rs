@@ -22,6 +22,7 @@ use tern_core::mqtt::codec::{self, DecodeError};
 use tern_core::mqtt::packet::{Packet, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::listener::ConnInfo;
 use crate::outgoing::Outgoing;
 use crate::server::{ConnHandle, Server};
 
@@ -48,6 +49,19 @@ const FLUSH_GRACE: Duration = Duration::from_secs(1);
 /// refusing an unsupported protocol level).
 const FALLBACK_VERSION: ProtocolVersion = ProtocolVersion::V311;
 
+/// Waits, polling briefly, until no subscriber's session queue is backed up; at most
+/// `THROTTLE_WAIT`. Returns false when it is still backed up: stop waiting for this batch.
+async fn wait_for_backlog(server: &Server) -> bool {
+    let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if !server.backlogged() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Why the read side stopped.
 enum End {
     /// The client closed its side.
@@ -63,8 +77,9 @@ enum End {
     Shutdown,
 }
 
-/// Serves one client connection until it ends. `peer` is for log lines.
-pub(crate) async fn drive<S>(server: Server, stream: S, peer: SocketAddr)
+/// Serves one client connection until it ends. `peer` is for log lines and login
+/// limits; `info` is what the transport's handshake learned (client certificate).
+pub(crate) async fn drive<S>(server: Server, stream: S, peer: SocketAddr, info: ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -72,7 +87,7 @@ where
     let limits = server.limits();
     let outgoing = Arc::new(Outgoing::new(limits.capacity));
     let version = Arc::new(OnceLock::new());
-    let conn = server.open(ConnHandle::new(outgoing.clone(), peer));
+    let conn = server.open(ConnHandle::new(outgoing.clone(), peer, info));
     tracing::debug!(conn = conn.0, %peer, "connection opened");
 
     let writer_task = write_loop(writer, outgoing, version.clone(), limits.high_water);
@@ -99,14 +114,21 @@ where
                     let mut error =
                         decode_all(&mut buf, &mut protocol, &version, max_size, &mut batch);
                     let failed = error.clone();
-                    // Feed the batch, pausing whenever it congests a connection.
+                    // Feed the batch, pausing whenever it congests a connection or
+                    // backs up a subscriber's session queue (then for at most
+                    // THROTTLE_WAIT per batch: a subscriber that stopped acknowledging
+                    // must not stall its publishers for ever).
+                    let mut respect_backlog = true;
                     while !batch.is_empty() || error.is_some() {
-                        server.input(conn, &mut batch, &mut error, &mut congested);
+                        server.input(conn, &mut batch, &mut error, &mut congested, respect_backlog);
                         if !congested.is_empty() {
                             let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
                             for other in congested.drain(..) {
                                 other.drained(limits.high_water, deadline).await;
                             }
+                        }
+                        if respect_backlog && server.backlogged() {
+                            respect_backlog = wait_for_backlog(&server).await;
                         }
                     }
                     if let Some(error) = failed {
@@ -233,8 +255,12 @@ async fn write_loop<W>(
         while let Some(packet) = packets.pop_front() {
             encode(&packet, &version, &mut out);
             if out.len() >= WRITE_BATCH || packets.is_empty() {
+                // TLS and WebSocket streams buffer what is written until flushed.
                 let written = tokio::select! {
-                    written = writer.write_all(&out) => written,
+                    written = async {
+                        writer.write_all(&out).await?;
+                        writer.flush().await
+                    } => written,
                     _ = queue.killed() => return,
                 };
                 if let Err(error) = written {

@@ -9,12 +9,15 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 mod connection;
 mod group_commit;
+mod limits;
 mod listener;
 mod logging;
 mod outgoing;
+pub mod passwd;
 mod server;
 
 use std::future::Future;
@@ -47,6 +50,17 @@ pub enum EdgeError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] group_commit::OpenError),
+    /// A TLS listener's certificate, key or client CAs could not be used.
+    #[error("cannot set up TLS for {listener}: {message}")]
+    Tls {
+        /// URL scheme of the listener.
+        listener: &'static str,
+        /// What is wrong, naming the configuration key.
+        message: String,
+    },
+    /// The password file (`auth.password_file`) could not be read.
+    #[error("auth.password_file: {0}")]
+    PasswordFile(#[from] auth::password_file::PasswordFileError),
     /// A signal handler could not be installed.
     #[error("cannot handle {signal}: {error}")]
     Signal {
@@ -65,6 +79,7 @@ pub struct Edge {
     shutdown: watch::Sender<bool>,
     listeners: Vec<listener::Bound>,
     timer: Option<JoinHandle<()>>,
+    auth_task: Option<JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -76,13 +91,20 @@ impl Edge {
         let server = server::Server::new(config.mqtt.clone(), signal);
         let (batches, committer) = group_commit::spawn(store, &config.store, server.clone());
         server.attach_store(snapshot, batches);
-        let listeners = listener::start(&config.listeners, &server).await?;
+        let l = &config.listeners;
+        let identity_listeners = (l.tls.enabled && l.tls.use_identity_as_username)
+            || (l.wss.enabled && l.wss.use_identity_as_username);
+        let (authenticator, verified) = auth::Authenticator::new(&config.auth, identity_listeners)?;
+        server.set_access(authenticator, config.acl.clone());
+        let auth_task = Some(tokio::spawn(server.clone().run_auth(verified)));
+        let listeners = listener::start(&config, &server).await?;
         let timer = Some(tokio::spawn(server.clone().run_timer()));
         Ok(Edge {
             server,
             shutdown,
             listeners,
             timer,
+            auth_task,
             committer: Some(committer),
         })
     }
@@ -121,6 +143,7 @@ impl Edge {
             .drain(..)
             .map(|l| l.task)
             .chain(self.timer.take())
+            .chain(self.auth_task.take())
             .collect();
         let wait_all = async {
             for task in &mut tasks {

@@ -1,14 +1,17 @@
 //! The `tern-edge` binary: parses the command line, assembles the configuration, sets
 //! up logging and runs the gateway broker until SIGTERM or SIGINT.
 //!
+//! `tern-edge passwd add|remove|list FILE [USER]` manages a password file instead.
+//!
 //! Exit codes: 0 after a clean shutdown or `--print-config`, 2 for a bad command line
-//! or configuration, 1 when the broker cannot run (e.g. the port is taken).
+//! or configuration, 1 when the broker cannot run (e.g. the port is taken) or a
+//! `passwd` command fails.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tern_edge::config::{
     ConfigSources, EdgeConfig, DEFAULT_PROFILE, ENV_PREFIX, ENV_SEPARATOR, PROFILES,
 };
@@ -32,6 +35,17 @@ struct Cli {
     /// Print the effective configuration as TOML and exit
     #[arg(long)]
     print_config: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands other than running the broker.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage a password file (auth.password_file): users with argon2id hashes
+    #[command(subcommand)]
+    Passwd(tern_edge::passwd::PasswdCommand),
 }
 
 fn after_help() -> String {
@@ -51,6 +65,12 @@ fn after_help() -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd(command)) = cli.command {
+        return match tern_edge::passwd::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error, 1),
+        };
+    }
     let profile = cli
         .profile
         .clone()

@@ -27,6 +27,8 @@ use tern_core::mqtt::packet::Packet;
 use tern_core::store::Snapshot;
 use tokio::sync::{watch, Notify};
 
+use crate::auth::{Authenticator, Decision, Verified};
+use crate::listener::ConnInfo;
 use crate::outgoing::{Outgoing, PushError};
 
 /// Longest the timer task sleeps without looking at the broker's deadline again.
@@ -70,15 +72,18 @@ pub(crate) struct ConnHandle {
     peer: SocketAddr,
     /// QoS 0 PUBLISHes dropped because the client did not keep up.
     dropped: u64,
+    /// What the transport's handshake learned (client certificate).
+    info: ConnInfo,
 }
 
 impl ConnHandle {
     /// A handle for a connection from `peer`, feeding its writer through `outgoing`.
-    pub(crate) fn new(outgoing: Arc<Outgoing>, peer: SocketAddr) -> Self {
+    pub(crate) fn new(outgoing: Arc<Outgoing>, peer: SocketAddr, info: ConnInfo) -> Self {
         ConnHandle {
             outgoing,
             peer,
             dropped: 0,
+            info,
         }
     }
 
@@ -112,6 +117,8 @@ pub(crate) struct Hub {
     timer_armed: Option<Instant>,
     /// Where store batches go to be made durable; `None` once shut down.
     committer: Option<std::sync::mpsc::Sender<StoreBatch>>,
+    /// Decides on parked CONNECTs; `None`: refuse them all.
+    auth: Option<Authenticator>,
 }
 
 impl Hub {
@@ -128,18 +135,30 @@ impl Hub {
             match output {
                 Output::Send(conn, packet) => self.send(conn, packet),
                 Output::Authenticate(conn, request) => {
-                    // No listener requires authentication yet (the broker only asks
-                    // when told to); refuse rather than let anyone in unchecked.
-                    tracing::warn!(
-                        conn = conn.0,
-                        client_id = %request.client_id,
-                        "authentication requested but no authenticator is configured"
-                    );
-                    self.broker.handle_authenticated(
-                        conn,
-                        Err(tern_core::mqtt::reason::NOT_AUTHORIZED),
-                        Instant::now(),
-                    );
+                    let now = Instant::now();
+                    let from = self
+                        .conns
+                        .get(&conn)
+                        .map(|h| (h.peer, h.info.cert_as_username));
+                    let decision = match (&mut self.auth, from) {
+                        (Some(auth), Some((peer, cert_user))) => {
+                            auth.start(conn, request, peer, cert_user, now)
+                        }
+                        (None, Some(_)) => {
+                            // Never without an authenticator (the broker only asks when
+                            // told to); refuse rather than let anyone in unchecked.
+                            tracing::warn!(
+                                conn = conn.0,
+                                client_id = %request.client_id,
+                                "authentication requested but no authenticator is configured"
+                            );
+                            Decision::Now(Err(tern_core::mqtt::reason::NOT_AUTHORIZED))
+                        }
+                        (_, None) => Decision::Later, // Gone already: nobody to answer.
+                    };
+                    if let Decision::Now(result) = decision {
+                        self.broker.handle_authenticated(conn, result, now);
+                    }
                 }
                 Output::Close(conn) => {
                     // Dropping the sender lets the writer flush what is queued, then close.
@@ -235,6 +254,7 @@ impl Server {
             congested: Vec::new(),
             timer_armed: None,
             committer: None,
+            auth: None,
         };
         Server {
             hub: Arc::new(Mutex::new(hub)),
@@ -328,9 +348,52 @@ impl Server {
     pub(crate) fn open(&self, handle: ConnHandle) -> ConnId {
         self.with_hub(None, |hub, now| {
             let conn = hub.broker.handle_open(now);
+            if let Some(identity) = &handle.info.certificate {
+                hub.broker
+                    .set_certificate_identity(conn, identity.as_str().into());
+            }
             hub.conns.insert(conn, handle);
             conn
         })
+    }
+
+    /// Installs the authenticator (and tells the broker whether to park CONNECTs for
+    /// it) and the ACL. Call before the listeners start.
+    pub(crate) fn set_access(&self, auth: Authenticator, acl: Option<tern_core::auth::acl::Acl>) {
+        self.with_hub(None, |hub, _| {
+            hub.broker.require_authentication(auth.required());
+            hub.broker.set_acl(acl);
+            hub.auth = Some(auth);
+        });
+    }
+
+    /// Applies finished password verifications, until shutdown.
+    pub(crate) async fn run_auth(
+        self,
+        mut verified: tokio::sync::mpsc::UnboundedReceiver<Verified>,
+    ) {
+        let mut shutdown = self.shutdown.clone();
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                received = verified.recv_many(&mut batch, 64) => {
+                    if received == 0 {
+                        return;
+                    }
+                    self.with_hub(None, |hub, now| {
+                        for done in batch.drain(..) {
+                            let result = match &mut hub.auth {
+                                Some(auth) => auth.finish(&done, now),
+                                None => Err(tern_core::mqtt::reason::NOT_AUTHORIZED),
+                            };
+                            hub.broker.handle_authenticated(done.conn, result, now);
+                            hub.dispatch();
+                        }
+                    });
+                }
+                _ = stopped(&mut shutdown) => return,
+            }
+        }
     }
 
     /// Hands decoded packets from the front of `packets`, then the decode error in
@@ -344,6 +407,7 @@ impl Server {
         packets: &mut VecDeque<Packet>,
         error: &mut Option<DecodeError>,
         congested: &mut Vec<Arc<Outgoing>>,
+        respect_backlog: bool,
     ) {
         self.with_hub(Some(congested), |hub, now| {
             while let Some(packet) = packets.pop_front() {
@@ -353,7 +417,7 @@ impl Server {
                 hub.broker.handle_packet(conn, packet, now);
                 // Dispatch as we go so that a Close stops the rest of the batch.
                 hub.dispatch();
-                if !hub.congested.is_empty() {
+                if !hub.congested.is_empty() || (respect_backlog && hub.broker.is_congested()) {
                     return;
                 }
             }
@@ -367,6 +431,12 @@ impl Server {
                 hub.broker.handle_decode_error(conn, &error, now);
             }
         })
+    }
+
+    /// True while a connected subscriber's session queue is backed up (see
+    /// `Broker::is_congested`): readers should pause publishers.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.lock().broker.is_congested()
     }
 
     /// Closes every connection through the broker (v5 clients get DISCONNECT 0x8B,

@@ -24,6 +24,8 @@ fn config() -> EdgeConfig {
     config.mqtt.sys_interval = 0;
     // In-process tests run in parallel: each keeps its state in memory.
     config.store.backend = tern_edge::config::StoreBackend::Memory;
+    // The built-in default refuses anonymous clients; these tests are about routing.
+    config.auth.allow_anonymous = true;
     config
 }
 

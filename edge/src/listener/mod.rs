@@ -1,12 +1,16 @@
 //! Listeners: accept client connections on a transport and hand each one, as a byte
 //! stream, to the connection driver.
 //!
-//! A transport ([`Transport`]) only knows how to accept and, for TLS or WebSocket later,
-//! how to turn an accepted socket into a stream (`upgrade`, run in the connection's own
-//! task so a slow handshake never stalls accepting). The accept loop, the connection
-//! tasks and their shutdown are shared here.
+//! A transport ([`Transport`]) only knows how to accept and, for TLS or WebSocket, how
+//! to turn an accepted socket into a stream (`upgrade`, run in the connection's own
+//! task, within [`HANDSHAKE_TIMEOUT`], so a slow handshake never stalls accepting).
+//! The accept loop, the connection limits checked at accept (`crate::limits`), the
+//! connection tasks and their shutdown are shared here.
 
 mod tcp;
+mod tls;
+mod ws;
+mod ws_stream;
 
 use std::future::Future;
 use std::io;
@@ -17,12 +21,25 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::ListenersConfig;
+use crate::config::EdgeConfig;
+use crate::limits::{ConnectRate, ConnectionLimits, Refusal};
 use crate::server::Server;
 use crate::EdgeError;
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Longest a TLS or WebSocket handshake may take before the socket is closed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the transport learned about a connection during its handshake.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnInfo {
+    /// Identity of the verified TLS client certificate (CN, else first DNS name).
+    pub(crate) certificate: Option<String>,
+    /// The listener takes the user name from the client certificate.
+    pub(crate) cert_as_username: bool,
+}
 
 /// One way for clients to reach the broker.
 pub(crate) trait Transport: Send + Sync + 'static {
@@ -31,7 +48,7 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// The byte stream that carries MQTT packets.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// URL scheme for log lines (`mqtt`, later `mqtts`, `ws`).
+    /// URL scheme for log lines (`mqtt`, `mqtts`, `ws`, `wss`).
     fn scheme(&self) -> &'static str;
 
     /// The address actually bound.
@@ -44,7 +61,7 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn upgrade(
         &self,
         accepted: Self::Accepted,
-    ) -> impl Future<Output = io::Result<Self::Stream>> + Send + 'static;
+    ) -> impl Future<Output = io::Result<(Self::Stream, ConnInfo)>> + Send + 'static;
 }
 
 /// A listener that is bound and accepting.
@@ -57,12 +74,58 @@ pub(crate) struct Bound {
     pub(crate) task: JoinHandle<()>,
 }
 
-/// Binds every enabled listener and starts accepting.
-pub(crate) async fn start(
-    config: &ListenersConfig,
-    server: &Server,
-) -> Result<Vec<Bound>, EdgeError> {
+/// Binds every enabled listener and starts accepting. Plain TCP comes last, so that
+/// once it accepts, every other listener is bound too.
+pub(crate) async fn start(config: &EdgeConfig, server: &Server) -> Result<Vec<Bound>, EdgeError> {
+    let limits = ConnectionLimits::new(&config.limits);
+    let rate = config.limits.connect_rate;
     let mut bound = Vec::new();
+    let tls_err = |scheme: &'static str| {
+        move |message: String| EdgeError::Tls {
+            listener: scheme,
+            message,
+        }
+    };
+    let bind_err = |scheme: &'static str, addr: SocketAddr| {
+        move |error: io::Error| EdgeError::Bind {
+            scheme,
+            addr,
+            error,
+        }
+    };
+    let l = &config.listeners;
+    if l.tls.enabled {
+        let acceptor = tls::acceptor(&l.tls, "listeners.tls").map_err(tls_err("mqtts"))?;
+        let transport =
+            tls::TlsTransport::bind(l.tls.bind, acceptor, l.tls.use_identity_as_username)
+                .await
+                .map_err(bind_err("mqtts", l.tls.bind))?;
+        bound.push(
+            serve(transport, server.clone(), &limits, rate)
+                .map_err(bind_err("mqtts", l.tls.bind))?,
+        );
+    }
+    let max_message = usize::try_from(config.mqtt.max_packet_size).unwrap_or(usize::MAX);
+    if l.ws.enabled {
+        let transport = ws::WsTransport::bind(l.ws.bind, None, &l.ws.path, max_message)
+            .await
+            .map_err(bind_err("ws", l.ws.bind))?;
+        bound.push(
+            serve(transport, server.clone(), &limits, rate).map_err(bind_err("ws", l.ws.bind))?,
+        );
+    }
+    if l.wss.enabled {
+        let settings = l.wss.tls_settings(&l.tls);
+        let acceptor = tls::acceptor(&settings, "listeners.wss").map_err(tls_err("wss"))?;
+        let tls = (acceptor, settings.use_identity_as_username);
+        let transport = ws::WsTransport::bind(l.wss.bind, Some(tls), &l.wss.path, max_message)
+            .await
+            .map_err(bind_err("wss", l.wss.bind))?;
+        bound.push(
+            serve(transport, server.clone(), &limits, rate).map_err(bind_err("wss", l.wss.bind))?,
+        );
+    }
+    let config = &config.listeners;
     if config.tcp.enabled {
         let addr = config.tcp.bind;
         let transport = tcp::TcpTransport::bind(addr)
@@ -73,7 +136,7 @@ pub(crate) async fn start(
                 error,
             })?;
         bound.push(
-            serve(transport, server.clone()).map_err(|error| EdgeError::Bind {
+            serve(transport, server.clone(), &limits, rate).map_err(|error| EdgeError::Bind {
                 scheme: "mqtt",
                 addr,
                 error,
@@ -83,12 +146,22 @@ pub(crate) async fn start(
     Ok(bound)
 }
 
-/// Starts the accept loop of `transport`.
-fn serve<T: Transport>(transport: T, server: Server) -> io::Result<Bound> {
+/// Starts the accept loop of `transport`, admitting connections within `limits` and
+/// `rate` new connections a second (0: no limit).
+fn serve<T: Transport>(
+    transport: T,
+    server: Server,
+    limits: &Arc<ConnectionLimits>,
+    rate: u32,
+) -> io::Result<Bound> {
     let scheme = transport.scheme();
     let local_addr = transport.local_addr()?;
     tracing::info!("listening on {scheme}://{local_addr}");
-    let task = tokio::spawn(accept_loop(transport, server));
+    let admission = Admission {
+        limits: limits.clone(),
+        rate: ConnectRate::new(rate),
+    };
+    let task = tokio::spawn(accept_loop(transport, server, admission));
     Ok(Bound {
         scheme,
         local_addr,
@@ -96,7 +169,24 @@ fn serve<T: Transport>(transport: T, server: Server) -> io::Result<Bound> {
     })
 }
 
-async fn accept_loop<T: Transport>(transport: T, server: Server) {
+/// What a listener checks before it spends anything on a new connection.
+struct Admission {
+    limits: Arc<ConnectionLimits>,
+    rate: ConnectRate,
+}
+
+impl Admission {
+    /// A permit for a connection from `peer`, or `None`: close it at once.
+    fn admit(&mut self, peer: SocketAddr) -> Option<crate::limits::Permit> {
+        if !self.rate.allow(std::time::Instant::now()) {
+            self.limits.refuse(Refusal::Rate);
+            return None;
+        }
+        self.limits.admit(peer.ip()).ok()
+    }
+}
+
+async fn accept_loop<T: Transport>(transport: T, server: Server, mut admission: Admission) {
     let transport = Arc::new(transport);
     let scheme = transport.scheme();
     let mut shutdown = server.shutdown_signal();
@@ -107,18 +197,28 @@ async fn accept_loop<T: Transport>(transport: T, server: Server) {
             _ = crate::server::stopped(&mut shutdown) => break,
             Some(done) = conns.join_next(), if !conns.is_empty() => report(done),
             accepted = transport.accept() => match accepted {
-                Ok((accepted, peer)) => {
-                    let transport = transport.clone();
-                    let server = server.clone();
-                    conns.spawn(async move {
-                        let upgrade = transport.upgrade(accepted);
-                        drop(transport);
-                        match upgrade.await {
-                            Ok(stream) => crate::connection::drive(server, stream, peer).await,
-                            Err(error) => tracing::debug!(%peer, %error, "{scheme} handshake failed"),
-                        }
-                    });
-                }
+                Ok((accepted, peer)) => match admission.admit(peer) {
+                    // Refused by [limits]: dropping the socket closes it.
+                    None => drop(accepted),
+                    Some(permit) => {
+                        let transport = transport.clone();
+                        let server = server.clone();
+                        conns.spawn(async move {
+                            let _permit = permit;
+                            let upgrade = transport.upgrade(accepted);
+                            drop(transport);
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
+                                Ok(Ok((stream, info))) => {
+                                    crate::connection::drive(server, stream, peer, info).await
+                                }
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "{scheme} handshake failed")
+                                }
+                                Err(_) => tracing::debug!(%peer, "{scheme} handshake timed out"),
+                            }
+                        });
+                    }
+                },
                 Err(error) => {
                     tracing::warn!(%error, "{scheme} accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Transport;
+use super::{ConnInfo, Transport};
 
 /// A bound TCP listening socket.
 pub(crate) struct TcpTransport {
@@ -35,18 +35,23 @@ impl Transport for TcpTransport {
     }
 
     async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (stream, peer) = self.listener.accept().await?;
-        // Small packets (acks, pings) must not wait for Nagle's algorithm.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
-        Ok((stream, peer))
+        accept_tcp(&self.listener).await
     }
 
     fn upgrade(
         &self,
         accepted: TcpStream,
-    ) -> impl Future<Output = io::Result<TcpStream>> + Send + 'static {
-        std::future::ready(Ok(accepted))
+    ) -> impl Future<Output = io::Result<(TcpStream, ConnInfo)>> + Send + 'static {
+        std::future::ready(Ok((accepted, ConnInfo::default())))
     }
+}
+
+/// Accepts the next TCP connection, with `TCP_NODELAY` set (shared by every transport).
+pub(super) async fn accept_tcp(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept().await?;
+    // Small packets (acks, pings) must not wait for Nagle's algorithm.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    Ok((stream, peer))
 }
