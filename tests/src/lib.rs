@@ -97,6 +97,8 @@ pub struct Broker {
     env: Vec<(String, String)>,
     /// Offset in the log file where the current (or last) run starts.
     run_log_start: u64,
+    /// Extra command-line arguments of every run (e.g. `--config FILE`).
+    args: Vec<String>,
     /// Number of runs started so far.
     runs: u32,
 }
@@ -159,6 +161,28 @@ impl Broker {
         Some(Broker::prepare(env))
     }
 
+    /// Starts `tern-edge` with `config_toml` as its `--config` file (written into the
+    /// broker's work directory) and extra environment overrides, for settings the
+    /// environment cannot express (e.g. `[[acl.rules]]`). Under an external broker:
+    /// prints `SKIP: <test>: <why>` and returns `None`.
+    pub fn start_with_config_file(
+        env: &[(&str, &str)],
+        config_toml: &str,
+        why: &str,
+    ) -> Option<Broker> {
+        let mut broker = Broker::configured_stopped(env, why)?;
+        let work_dir = broker
+            .work_dir
+            .clone()
+            .expect("work dir of a spawned broker");
+        let file = work_dir.join("config.toml");
+        std::fs::write(&file, config_toml).expect("write config file");
+        broker.args = vec!["--config".to_string(), file.display().to_string()];
+        broker.launch();
+        broker.wait_ready();
+        Some(broker)
+    }
+
     /// True when the broker is not one this harness spawned.
     pub fn is_external(&self) -> bool {
         self.external
@@ -176,6 +200,7 @@ impl Broker {
             log_path: None,
             work_dir: None,
             env: Vec::new(),
+            args: Vec::new(),
             run_log_start: 0,
             runs: 0,
         }
@@ -213,6 +238,7 @@ impl Broker {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: Vec::new(),
             run_log_start: 0,
             runs: 0,
         }
@@ -241,6 +267,7 @@ impl Broker {
         let mut cmd = Command::new(&bin);
         cmd.arg("--profile")
             .arg("dev")
+            .args(&self.args)
             .env(
                 "TERN_LISTENERS__TCP__BIND",
                 format!("127.0.0.1:{}", self.port),

@@ -230,6 +230,20 @@ pub fn connect_bytes(
     user: Option<&str>,
     password: Option<&str>,
 ) -> Vec<u8> {
+    connect_with_will(version, client_id, user, password, None)
+}
+
+/// A will: topic, payload, QoS, retain.
+pub type WillSpec<'a> = (&'a str, &'a [u8], u8, bool);
+
+/// A clean CONNECT (v4 or v5) with optional user name, password and will.
+pub fn connect_with_will(
+    version: u8,
+    client_id: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    will: Option<WillSpec<'_>>,
+) -> Vec<u8> {
     let mut b = Vec::new();
     raw::put_str(&mut b, "MQTT");
     b.push(version);
@@ -240,12 +254,25 @@ pub fn connect_bytes(
     if password.is_some() {
         flags |= 0x40;
     }
+    if let Some((_, _, qos, retain)) = will {
+        flags |= 0x04 | (qos << 3);
+        if retain {
+            flags |= 0x20;
+        }
+    }
     b.push(flags);
     b.extend_from_slice(&60u16.to_be_bytes());
     if version == raw::V5 {
         b.push(0); // no properties
     }
     raw::put_str(&mut b, client_id);
+    if let Some((topic, payload, _, _)) = will {
+        if version == raw::V5 {
+            b.push(0); // no will properties
+        }
+        raw::put_str(&mut b, topic);
+        raw::put_bin(&mut b, payload);
+    }
     if let Some(u) = user {
         raw::put_str(&mut b, u);
     }
@@ -316,4 +343,30 @@ pub async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Logs in over plain TCP as `user` (password `password`) with client id `client_id`
+/// and an optional will; panics unless the CONNACK is a success.
+pub async fn login_as(
+    addr: &str,
+    version: u8,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    will: Option<WillSpec<'_>>,
+) -> RawClient {
+    let mut c = RawClient::tcp(addr, version).await;
+    c.send(&connect_with_will(
+        version,
+        client_id,
+        Some(user),
+        Some(password),
+        will,
+    ))
+    .await
+    .expect("send CONNECT");
+    let p = c.expect(WAIT, "CONNACK").await;
+    let code = p.connack(version).expect("CONNACK").code;
+    assert_eq!(code, 0, "login of {user} / {client_id}");
+    c
 }
