@@ -47,6 +47,9 @@ pub const BIN_ENV: &str = "TERN_EDGE_BIN";
 
 /// How long a spawned broker gets to start accepting connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// When the broker's log does not say which address it listens on, how long it must stay
+/// alive after its port answered before the harness believes it is the one listening.
+const OWN_PORT_GRACE: Duration = Duration::from_secs(2);
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
@@ -301,8 +304,20 @@ impl Broker {
     /// ready at the timeout (it is killed then), returns the exit status and the run's log.
     pub fn try_start(&mut self, timeout: Duration) -> Result<(), StartFailure> {
         self.launch();
+        self.poll_ready(timeout)
+    }
+
+    /// Waits until the spawned process accepts connections on its port *and* is the one
+    /// listening there: its log says `listening on mqtt://HOST:PORT`, or (when its log
+    /// level hides that line) it is still alive [`OWN_PORT_GRACE`] after the port
+    /// answered. Without that, a broker that lost its port to another process (the port
+    /// was free a moment ago, see [`free_port`]) and exits would go unnoticed while the
+    /// test talks to someone else's broker.
+    fn poll_ready(&mut self, timeout: Duration) -> Result<(), StartFailure> {
         let deadline = Instant::now() + timeout;
         let addr = self.addr();
+        let own_line = format!("listening on mqtt://{addr}");
+        let mut answered: Option<Instant> = None;
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -313,8 +328,13 @@ impl Broker {
                     });
                 }
             }
-            if StdTcpStream::connect(&addr).is_ok() {
-                return Ok(());
+            if answered.is_none() && StdTcpStream::connect(&addr).is_ok() {
+                answered = Some(Instant::now());
+            }
+            if let Some(at) = answered {
+                if self.run_log().contains(&own_line) || at.elapsed() >= OWN_PORT_GRACE {
+                    return Ok(());
+                }
             }
             if Instant::now() > deadline {
                 self.kill();
@@ -323,7 +343,7 @@ impl Broker {
                     log: self.run_log(),
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -407,27 +427,18 @@ impl Broker {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = format!("{}:{}", self.host, self.port);
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "tern-edge exited before accepting connections ({status}); log:\n{}",
-                        self.run_log()
-                    );
-                }
+        if let Err(e) = self.poll_ready(READY_TIMEOUT) {
+            match e.status {
+                Some(status) => panic!(
+                    "tern-edge exited before accepting connections ({status}); log:\n{}",
+                    e.log
+                ),
+                None => panic!(
+                    "tern-edge did not accept connections on {} within {READY_TIMEOUT:?}; log:\n{}",
+                    self.addr(),
+                    e.log
+                ),
             }
-            if StdTcpStream::connect(&addr).is_ok() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "tern-edge did not accept connections on {addr} within {READY_TIMEOUT:?}; log:\n{}",
-                    self.run_log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
         }
     }
 
