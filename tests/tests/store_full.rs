@@ -18,7 +18,9 @@
 //! change nothing, in memory as on disk: a refused QoS 2 PUBLISH that its publisher resends
 //! is delivered exactly once (also across a SIGKILL), a SUBSCRIBE granted right after a
 //! refusal survives a crash, and a persistent session created while the store was full is
-//! served once there is room again.
+//! served once there is room again. Two more bounds of issue 5: the per-session queue
+//! limit must not acknowledge a message it drops, and a full store is logged once per
+//! interval, not once per refusal.
 
 mod common;
 
@@ -613,8 +615,10 @@ async fn session_created_while_full_is_served_after_the_drain() {
         return;
     };
     let addr = broker.addr();
-    // A new persistent session while the store is full; it stays online.
-    let late = raw::Connect::new(raw::V5, &format!("{run}-late"))
+    // A new persistent session while the store is full; it stays online. Its long client
+    // id makes sure its record does not fit in what the refused message left free.
+    let late_id = format!("{run}-late-{}", "l".repeat(1000));
+    let late = raw::Connect::new(raw::V5, &late_id)
         .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 600));
     let (mut late_c, ack) = RawClient::connect(&addr, &late).await;
     assert_eq!(ack.code, 0, "CONNACK while the store is full");
@@ -652,4 +656,108 @@ async fn session_created_while_full_is_served_after_the_drain() {
     let mut got = Vec::new();
     drain_until_quiet(&mut late_c, &mut got).await;
     assert_eq!(got, vec![0, 1, 2, 3, 4], "deliveries to the late session");
+}
+
+/// The other bound of issue 5, the per-session queue (`max_queued_messages`): a QoS 1
+/// message that an offline persistent session cannot take any more must not be
+/// acknowledged as a success, or an acknowledged message is lost. The issue asks for
+/// v5 reason 0x97 on the PUBACK; a DISCONNECT 0x97 also tells the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_queue_limit_is_not_acknowledged_as_success() {
+    let Some(broker) = Broker::start_configured(
+        &[("TERN_MQTT__MAX_QUEUED_MESSAGES", "10")],
+        "needs a small per-session queue",
+    ) else {
+        return;
+    };
+    let addr = broker.addr();
+    let run = unique("qlimit");
+    let sub_connect = raw::Connect::new(raw::V5, &format!("{run}-sub"))
+        .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 600));
+    let (mut s, _) = RawClient::connect(&addr, &sub_connect).await;
+    assert_eq!(
+        s.subscribe(1, &[(&format!("q/{run}/#"), 1)], &Props::new())
+            .await,
+        vec![1]
+    );
+    s.send(&raw::disconnect(raw::V5, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = s.wait_closed(WAIT).await;
+
+    let topic = format!("q/{run}/t");
+    let pub_connect = raw::Connect::new(raw::V5, &format!("{run}-pub"));
+    let (mut p, _) = RawClient::connect(&addr, &pub_connect).await;
+    let mut answers = Vec::new();
+    let mut acked = BTreeSet::new();
+    for seq in 0..15 {
+        let a = publish_one(&mut p, &topic, seq, 1, false).await;
+        match a {
+            Answer::PubAck(r) if r < 0x80 => {
+                acked.insert(seq);
+            }
+            Answer::Disconnect(_) | Answer::Closed => {
+                p = RawClient::connect(&addr, &pub_connect).await.0;
+            }
+            _ => {}
+        }
+        answers.push(format!("{seq}: {a:?}"));
+    }
+    let (mut s, _) = RawClient::connect(&addr, &sub_connect.clean(false)).await;
+    let mut seen = Vec::new();
+    drain_until_quiet(&mut s, &mut seen).await;
+    let lost: Vec<u32> = acked
+        .iter()
+        .filter(|n| !seen.contains(n))
+        .copied()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "messages acknowledged with a success PUBACK but never delivered (dropped by the \
+         per-session queue limit of 10): {lost:?}; the broker answered: {answers:?}"
+    );
+    let quota = answers.iter().filter(|a| a.contains("(151)")).count();
+    assert!(
+        quota > 0,
+        "the per-session queue limit must be reported with 0x97; answers: {answers:?}"
+    );
+}
+
+/// "Logs it once per interval": a publisher that keeps hitting a full store must not
+/// produce a log line per refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_store_is_logged_once_per_interval() {
+    let run = unique("full5");
+    let Some((broker, _, _, refused)) = filled_store(&run, &[]).await else {
+        return;
+    };
+    let addr = broker.addr();
+    let topic = format!("full/{run}/t");
+    let count_lines = || {
+        broker
+            .run_log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .count()
+    };
+    let before = count_lines();
+    let started = Instant::now();
+    let mut refusals = 0;
+    for _ in 0..30 {
+        let (mut p, _) = RawClient::connect(&addr, &raw_v5("full-log")).await;
+        match publish_one(&mut p, &topic, refused, 1, true).await {
+            Answer::PubAck(QUOTA_EXCEEDED) | Answer::Disconnect(QUOTA_EXCEEDED) => refusals += 1,
+            other => panic!("still full, expected 0x97, got {other:?}"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = count_lines() - before;
+    eprintln!("{refusals} refusals in {secs:.1} s: {lines} WARN/ERROR log lines");
+    assert!(
+        lines <= 2 * (secs.ceil() as usize + 1),
+        "{refusals} refusals in {secs:.1} s produced {lines} WARN/ERROR log lines; issue 5 asks \
+         for the full store to be logged once per interval. Last lines:\n{}",
+        tail(&broker.run_log(), 6)
+    );
 }
