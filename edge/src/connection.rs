@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::listener::ConnInfo;
 use crate::outgoing::Outgoing;
-use crate::server::{ConnHandle, Server};
+use crate::server::{ConnHandle, Server, Throttle};
 
 /// Smallest and largest room offered to one read. The size adapts to the traffic:
 /// an idle device costs a small buffer, a bulk publisher gets large reads (and so
@@ -48,19 +48,6 @@ const FLUSH_GRACE: Duration = Duration::from_secs(1);
 /// Encoding used before CONNECT told us the client's version (e.g. for the CONNACK
 /// refusing an unsupported protocol level).
 const FALLBACK_VERSION: ProtocolVersion = ProtocolVersion::V311;
-
-/// Waits, polling briefly, until no subscriber's session queue is backed up; at most
-/// `THROTTLE_WAIT`. Returns false when it is still backed up: stop waiting for this batch.
-async fn wait_for_backlog(server: &Server) -> bool {
-    let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        if !server.backlogged() {
-            return true;
-        }
-    }
-    false
-}
 
 /// Why the read side stopped.
 enum End {
@@ -115,20 +102,17 @@ where
                         decode_all(&mut buf, &mut protocol, &version, max_size, &mut batch);
                     let failed = error.clone();
                     // Feed the batch, pausing whenever it congests a connection or
-                    // backs up a subscriber's session queue (then for at most
-                    // THROTTLE_WAIT per batch: a subscriber that stopped acknowledging
-                    // must not stall its publishers for ever).
-                    let mut respect_backlog = true;
+                    // backs up a subscriber's session queue.
                     while !batch.is_empty() || error.is_some() {
-                        server.input(conn, &mut batch, &mut error, &mut congested, respect_backlog);
+                        let throttle = server.input(conn, &mut batch, &mut error, &mut congested);
                         if !congested.is_empty() {
                             let deadline = tokio::time::Instant::now() + THROTTLE_WAIT;
                             for other in congested.drain(..) {
                                 other.drained(limits.high_water, deadline).await;
                             }
                         }
-                        if respect_backlog && server.backlogged() {
-                            respect_backlog = wait_for_backlog(&server).await;
+                        if throttle == Throttle::Backlog {
+                            server.backlog_cleared().await;
                         }
                     }
                     if let Some(error) = failed {

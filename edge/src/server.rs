@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ use crate::outgoing::{Outgoing, PushError};
 
 /// Longest the timer task sleeps without looking at the broker's deadline again.
 const MAX_TIMER_SLEEP: Duration = Duration::from_secs(1);
+
+/// How often a reader paused on a backed-up subscriber looks again without a wake-up.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(100);
 
 /// Fewest QoS 0 messages a connection may have queued, whatever the limits say.
 const MIN_QUEUED: usize = 64;
@@ -232,6 +236,16 @@ impl Hub {
     }
 }
 
+/// Whether a reader should pause before feeding the rest of its batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Throttle {
+    /// Go on.
+    No,
+    /// A PUBLISH just met a subscriber whose session queue is backed up: wait for
+    /// `Server::backlog_cleared`.
+    Backlog,
+}
+
 /// A cheap handle on the shared broker, cloned into every task.
 #[derive(Clone)]
 pub(crate) struct Server {
@@ -240,6 +254,9 @@ pub(crate) struct Server {
     shutdown: watch::Receiver<bool>,
     max_packet_size: usize,
     limits: QueueLimits,
+    /// Wakes readers paused on a backed-up subscriber (see `backlog_cleared`).
+    backlog: Arc<Notify>,
+    backlog_waiters: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -262,6 +279,8 @@ impl Server {
             shutdown,
             max_packet_size,
             limits,
+            backlog: Arc::new(Notify::new()),
+            backlog_waiters: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -301,8 +320,12 @@ impl Server {
         f: impl FnOnce(&mut Hub, Instant) -> R,
     ) -> R {
         let mut hub = self.lock();
-        let result = f(&mut hub, Instant::now());
+        let now = Instant::now();
+        let result = f(&mut hub, now);
         hub.dispatch();
+        if self.backlog_waiters.load(Ordering::SeqCst) > 0 && !hub.broker.is_congested(now) {
+            self.backlog.notify_waiters();
+        }
         match congested {
             Some(out) => out.append(&mut hub.congested),
             None => hub.congested.clear(),
@@ -407,36 +430,60 @@ impl Server {
         packets: &mut VecDeque<Packet>,
         error: &mut Option<DecodeError>,
         congested: &mut Vec<Arc<Outgoing>>,
-        respect_backlog: bool,
-    ) {
+    ) -> Throttle {
         self.with_hub(Some(congested), |hub, now| {
             while let Some(packet) = packets.pop_front() {
                 if !hub.conns.contains_key(&conn) {
                     break;
                 }
+                let publish = matches!(packet, Packet::Publish(_));
                 hub.broker.handle_packet(conn, packet, now);
                 // Dispatch as we go so that a Close stops the rest of the batch.
                 hub.dispatch();
-                if !hub.congested.is_empty() || (respect_backlog && hub.broker.is_congested()) {
-                    return;
+                if !hub.congested.is_empty() {
+                    return Throttle::No;
+                }
+                // Only a publisher is paused for a backed-up subscriber: the
+                // subscriber's own acknowledgements are what drains it.
+                if publish && hub.broker.is_congested(now) {
+                    return Throttle::Backlog;
                 }
             }
             if !hub.conns.contains_key(&conn) {
                 // Closed by the broker: nothing more of this client is expected.
                 packets.clear();
                 *error = None;
-                return;
+                return Throttle::No;
             }
             if let Some(error) = error.take() {
                 hub.broker.handle_decode_error(conn, &error, now);
             }
+            Throttle::No
         })
     }
 
     /// True while a connected subscriber's session queue is backed up (see
     /// `Broker::is_congested`): readers should pause publishers.
     pub(crate) fn backlogged(&self) -> bool {
-        self.lock().broker.is_congested()
+        self.lock().broker.is_congested(Instant::now())
+    }
+
+    /// Waits until no subscriber's session queue is backed up. The broker stops
+    /// counting a subscriber that acknowledges nothing for a second, so this ends.
+    pub(crate) async fn backlog_cleared(&self) {
+        loop {
+            let notified = self.backlog.notified();
+            tokio::pin!(notified);
+            // Register before looking, so that a release in between is not missed.
+            notified.as_mut().enable();
+            if !self.backlogged() {
+                return;
+            }
+            self.backlog_waiters.fetch_add(1, Ordering::SeqCst);
+            // The timeout re-checks for subscribers that stalled meanwhile.
+            let _ = tokio::time::timeout(BACKLOG_RECHECK, notified).await;
+            self.backlog_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Closes every connection through the broker (v5 clients get DISCONNECT 0x8B,

@@ -112,6 +112,7 @@ impl Broker {
             s.version = connect.protocol;
             s.expiry_interval = expiry;
             s.expires_at = None;
+            s.last_progress = Some(now);
             s.identity = identity;
         }
         self.persist_session(sid, false, now);
@@ -285,6 +286,8 @@ impl Broker {
             return;
         }
         session.conn = None;
+        // An offline session's queue fills by design; it must not slow publishers.
+        self.congested.remove(&sid);
         let expiry = session.expiry_interval;
         if let Some(will) = will {
             self.schedule_will(will, identity, expiry, now);
@@ -303,6 +306,7 @@ impl Broker {
         let Some(session) = self.sessions.remove(&sid) else {
             return;
         };
+        self.congested.remove(&sid);
         for filter in session.subscriptions.keys() {
             self.router.unsubscribe(filter, sid);
         }

@@ -57,6 +57,10 @@ use crate::router::{Route, Router};
 /// price of enforcing timeouts up to this much late.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a backed-up subscriber may go without acknowledging anything before it
+/// stops slowing its publishers down (see `Broker::is_congested`).
+const STALL_AFTER: Duration = Duration::from_secs(1);
+
 /// What the I/O layer must do next.
 // Boxing the packet would cost an allocation per delivered message; outputs are
 // moved once from the queue to the I/O layer, so the size difference is cheap.
@@ -94,6 +98,9 @@ pub struct Broker {
     acl: Option<Acl>,
     /// CONNECTs wait for `handle_authenticated`.
     require_auth: bool,
+    /// Online sessions whose queue passed its high-water mark: publishers should be
+    /// slowed down (see `is_congested`).
+    congested: std::collections::HashSet<SessionId>,
     /// Scratch space for `Router::route`, kept to avoid an allocation per message.
     route_buf: Vec<Route<SessionId>>,
 }
@@ -120,6 +127,7 @@ impl Broker {
             stats: Stats::default(),
             acl: None,
             require_auth: false,
+            congested: std::collections::HashSet::new(),
             route_buf: Vec::new(),
         }
     }
@@ -257,6 +265,21 @@ impl Broker {
                     Some(now + Duration::from_secs(u64::from(self.config.sys_interval)));
             }
         }
+    }
+
+    /// True while some connected subscriber that is still acknowledging has more
+    /// queued than half of `max_queued_messages` (until it is back under a quarter).
+    /// The I/O layer should then pause reading from publishers, so TCP pushes back on
+    /// them, instead of letting the queue fill: a full queue drops messages. A
+    /// subscriber that acknowledged nothing for `STALL_AFTER` no longer counts, so a
+    /// stuck client cannot stop its publishers; its queue fills and drops instead.
+    pub fn is_congested(&self, now: Instant) -> bool {
+        self.congested.iter().any(|sid| {
+            self.sessions
+                .get(sid)
+                .and_then(|s| s.last_progress)
+                .is_some_and(|t| now.saturating_duration_since(t) < STALL_AFTER)
+        })
     }
 
     /// The next thing for the I/O layer to do.

@@ -226,6 +226,10 @@ impl Broker {
                 self.outbox.op(op);
             }
             session.queue.push_back(d);
+            if session.conn.is_some() && session.queue.len() >= self.config.max_queued_messages / 2
+            {
+                self.congested.insert(sid);
+            }
             return;
         }
         let Some((conn, c)) = conn else {
@@ -294,6 +298,9 @@ impl Broker {
             self.stats.messages_sent += 1;
             self.outbox.push(Output::Send(conn, Packet::Publish(p)));
         }
+        if session.queue.len() <= self.config.max_queued_messages / 4 {
+            self.congested.remove(&sid);
+        }
     }
 
     pub(super) fn handle_puback(
@@ -329,6 +336,7 @@ impl Broker {
         };
         match session.find_inflight(packet_id, state) {
             Some(pos) => {
+                session.last_progress = Some(now);
                 if let Some(done) = session.inflight.remove(pos) {
                     if session.persisted {
                         self.outbox.op(remove_entry(session, done.delivery.seq));

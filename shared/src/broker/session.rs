@@ -102,6 +102,8 @@ pub(crate) struct Session {
     pub(crate) persisted: bool,
     /// Sequence for the next delivery.
     pub(crate) next_seq: u64,
+    /// When the client last acknowledged a delivery (or connected).
+    pub(crate) last_progress: Option<Instant>,
     pub(crate) next_packet_id: u16,
 }
 
@@ -123,6 +125,7 @@ impl Session {
             incoming_qos2: HashSet::new(),
             persisted: false,
             next_seq: 0,
+            last_progress: None,
             next_packet_id: 0,
         }
     }

@@ -1018,3 +1018,52 @@ fn regression_packets_through_codec_and_machine() {
     );
     assert_eq!(err.reason_code(), reason::PROTOCOL_ERROR);
 }
+
+#[test]
+fn a_backed_up_online_subscriber_signals_congestion_until_it_drains() {
+    let mut h = Harness::with(BrokerConfig {
+        max_queued_messages: 8,
+        sys_interval: 0,
+        ..Default::default()
+    });
+    let mut c = connect("slow", V5, true);
+    c.properties.receive_maximum = Some(1);
+    let (sub, _) = h.connect_with(c);
+    h.subscribe(sub, "t", QoS::AtLeastOnce);
+    let p = h.connect("p", V5, true);
+    for i in 0..5 {
+        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, false);
+    }
+    // One in flight, four queued: half of the limit.
+    assert!(h.broker.is_congested(h.now));
+    for _ in 0..3 {
+        let id = publishes(&h.take(sub))
+            .last()
+            .and_then(|p| p.packet_id)
+            .expect("in flight");
+        h.send(sub, Packet::PubAck(PubResponse::new(id)));
+    }
+    assert!(
+        !h.broker.is_congested(h.now),
+        "back under a quarter of the limit"
+    );
+    for i in 5..12 {
+        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, false);
+    }
+    assert!(h.broker.is_congested(h.now));
+    // A subscriber that stopped acknowledging no longer holds publishers back.
+    h.advance(Duration::from_secs(2));
+    assert!(
+        !h.broker.is_congested(h.now),
+        "a stalled subscriber still throttles"
+    );
+    // An offline session's queue never throttles publishers.
+    h.drop_conn(sub);
+    let off = h.connect("off", V311, false);
+    h.subscribe(off, "t", QoS::AtLeastOnce);
+    h.drop_conn(off);
+    for i in 0..8 {
+        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, false);
+    }
+    assert!(!h.broker.is_congested(h.now));
+}
