@@ -9,7 +9,8 @@
 # --start enables and starts the service. The init system is detected (OpenWrt by
 # /etc/openwrt_release, else systemd by /run/systemd/system). With DESTDIR=/some/dir
 # the files go under that directory and no user, service or daemon is touched (for
-# image builders). POSIX sh: runs under busybox ash, dash and bash.
+# image builders). Creates an empty password file /etc/tern-edge/auth/passwd if there
+# is none (the profiles refuse anonymous clients). POSIX sh: busybox ash, dash, bash.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +25,7 @@ for arg in "$@"; do
 	--openwrt) init=openwrt ;;
 	--no-service) init=none ;;
 	-h | --help)
-		sed -n '2,12p' "$0"
+		sed -n "2,13p" "$0"
 		exit 0
 		;;
 	*)
@@ -120,9 +121,18 @@ if ! id tern-edge >/dev/null 2>&1; then
 	fi
 	say "created system user tern-edge"
 fi
-mkdir -p /var/lib/tern-edge
-chown "tern-edge:$(id -g tern-edge)" /var/lib/tern-edge
-chmod 0750 /var/lib/tern-edge
+group=$(id -g tern-edge)
+mkdir -p /var/lib/tern-edge /etc/tern-edge/auth
+chown "tern-edge:$group" /var/lib/tern-edge /etc/tern-edge/auth
+chmod 0750 /var/lib/tern-edge /etc/tern-edge/auth
+# The password file the service reads (auth.password_file), empty: no user can log in
+# until one is added. tern-edge owns its directory, so `tern-edge passwd` run as
+# tern-edge replaces it atomically.
+if [ ! -e /etc/tern-edge/auth/passwd ]; then
+	: >/etc/tern-edge/auth/passwd
+	chown "tern-edge:$group" /etc/tern-edge/auth/passwd
+	chmod 0600 /etc/tern-edge/auth/passwd
+fi
 
 case "$init" in
 systemd)
@@ -135,6 +145,7 @@ systemd)
 		systemctl --no-pager status tern-edge || true
 	else
 		systemctl daemon-reload
+		say "add a user: sudo -u tern-edge tern-edge passwd add /etc/tern-edge/auth/passwd NAME"
 		say "start it with: systemctl enable --now tern-edge"
 	fi
 	;;
@@ -143,6 +154,7 @@ openwrt)
 		/etc/init.d/tern-edge enable
 		/etc/init.d/tern-edge restart
 	else
+		say "add a user: /etc/init.d/tern-edge passwd add NAME"
 		say "start it with: /etc/init.d/tern-edge enable && /etc/init.d/tern-edge start"
 	fi
 	;;
