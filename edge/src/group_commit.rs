@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tern_core::broker::StoreBatch;
 use tern_core::store::{
@@ -79,6 +79,8 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel();
     let committer = Committer {
         store,
+        full_logged: None,
+        full_refusals: 0,
         merge: config.fsync != Fsync::Always,
         window: Duration::from_micros(config.commit_window_us),
         max_ops: config.max_batch_ops.max(1),
@@ -97,8 +99,14 @@ pub(crate) fn spawn(
     }
 }
 
+/// Least time between two "store full" log lines.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 struct Committer {
     store: BoxedStore,
+    /// When "store full" was last logged, and the refusals since.
+    full_logged: Option<Instant>,
+    full_refusals: u64,
     merge: bool,
     window: Duration,
     max_ops: usize,
@@ -128,10 +136,18 @@ impl Committer {
                 Ok(()) => self.server.store_committed(last),
                 Err(error) => {
                     let quota = matches!(error, StoreError::Full { .. });
-                    if quota {
-                        tracing::warn!(%error, "store full; refusing publishers until queues drain");
-                    } else {
+                    if !quota {
                         tracing::error!(%error, "store write failed");
+                    } else if self
+                        .full_logged
+                        .is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL)
+                    {
+                        // Once per interval: a full store refuses every publisher in turn.
+                        tracing::warn!(%error, refused = self.full_refusals + 1, "store full; refusing publishers (0x97) until queues drain");
+                        self.full_logged = Some(Instant::now());
+                        self.full_refusals = 0;
+                    } else {
+                        self.full_refusals += 1;
                     }
                     for id in ids {
                         self.server.store_failed(id, quota);

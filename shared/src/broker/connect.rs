@@ -70,6 +70,17 @@ impl Broker {
             tracing::info!(client_id = %client_id, old = ?old_conn, new = ?conn, "session taken over");
             self.close(old_conn, Some(reason::SESSION_TAKEN_OVER), now);
         }
+        // A session whose expiry passed (e.g. while the broker was down) is gone, even
+        // if the periodic scan has not removed it yet.
+        if let Some(&sid) = self.by_client_id.get(&client_id) {
+            let expired = self
+                .sessions
+                .get(&sid)
+                .is_some_and(|s| s.conn.is_none() && s.expires_at.is_some_and(|at| at <= now));
+            if expired {
+                self.end_session(sid, now);
+            }
+        }
         let existing = self.by_client_id.get(&client_id).copied();
         let (sid, session_present) = match existing {
             Some(sid) if !connect.clean_start => {

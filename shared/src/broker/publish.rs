@@ -112,9 +112,20 @@ impl Broker {
         let qos = publish.qos;
         let msg = message_from_publish(publish, origin, now);
         self.stats.messages_received += 1;
+        let dropped_before = self.stats.messages_dropped;
         self.publish_message(msg, now);
+        // A full session queue dropped this message for someone: a v5 publisher of
+        // QoS 1 is told (0x97) so that nothing acknowledged as a success is lost; v3.1.1
+        // has no way to say it. (QoS 2 keeps its PUBREC: refusing it would make the
+        // publisher resend, and deliver twice to everyone who did take it.)
+        let quota = self.stats.messages_dropped != dropped_before
+            && self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
         match qos {
             QoS::AtMostOnce => {}
+            QoS::AtLeastOnce if quota => self.send(
+                conn,
+                Packet::PubAck(PubResponse::with_reason(packet_id, reason::QUOTA_EXCEEDED)),
+            ),
             QoS::AtLeastOnce => self.send(conn, Packet::PubAck(PubResponse::new(packet_id))),
             QoS::ExactlyOnce => self.send(conn, Packet::PubRec(PubResponse::new(packet_id))),
         }
@@ -210,6 +221,7 @@ impl Broker {
         if !window_open {
             if session.queue.len() >= self.config.max_queued_messages {
                 self.stats.messages_dropped += 1;
+                // Logged at 1, 2, 4, 8, ... drops: a full queue does not flood the log.
                 if self.stats.messages_dropped.is_power_of_two() {
                     tracing::warn!(client_id = %session.client_id, dropped = self.stats.messages_dropped, "session queue full; dropping messages");
                 }

@@ -1067,3 +1067,42 @@ fn a_backed_up_online_subscriber_signals_congestion_until_it_drains() {
     }
     assert!(!h.broker.is_congested(h.now));
 }
+
+#[test]
+fn a_message_dropped_by_a_full_queue_is_not_acknowledged_as_success() {
+    let mut h = Harness::with(BrokerConfig {
+        max_queued_messages: 2,
+        sys_interval: 0,
+        ..Default::default()
+    });
+    let sub = h.connect("sub", V311, false);
+    h.subscribe(sub, "q", QoS::AtLeastOnce);
+    h.drop_conn(sub);
+    let p = h.connect("p", V5, true);
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        h.publish(p, "q", &i.to_string(), QoS::AtLeastOnce, false);
+        acks.extend(h.take(p));
+    }
+    let codes: Vec<u8> = acks
+        .iter()
+        .map(|a| match a {
+            Packet::PubAck(r) => r.reason_code,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(codes, [0, 0, reason::QUOTA_EXCEEDED]);
+}
+
+#[test]
+fn a_session_past_its_expiry_is_not_resumed() {
+    let mut h = Harness::new();
+    let mut c = connect("s", V5, false);
+    c.properties.session_expiry_interval = Some(1);
+    let (conn, _) = h.connect_with(c.clone());
+    h.drop_conn(conn);
+    // No timer ran (as when the broker was down): the CONNECT itself must notice.
+    h.now += Duration::from_secs(5);
+    let (_, ack) = h.connect_with(c);
+    assert!(!ack.session_present);
+}
