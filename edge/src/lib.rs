@@ -58,9 +58,9 @@ pub enum EdgeError {
         /// What is wrong, naming the configuration key.
         message: String,
     },
-    /// The password file (`auth.password_file`) could not be read.
-    #[error("auth.password_file: {0}")]
-    PasswordFile(#[from] auth::password_file::PasswordFileError),
+    /// Authentication could not be set up (e.g. `auth.password_file` is unreadable).
+    #[error(transparent)]
+    Auth(#[from] auth::AuthSetupError),
     /// A signal handler could not be installed.
     #[error("cannot handle {signal}: {error}")]
     Signal {

@@ -405,11 +405,13 @@ impl Server {
                     }
                     self.with_hub(None, |hub, now| {
                         for done in batch.drain(..) {
-                            let result = match &mut hub.auth {
+                            let answers = match &mut hub.auth {
                                 Some(auth) => auth.finish(&done, now),
-                                None => Err(tern_core::mqtt::reason::NOT_AUTHORIZED),
+                                None => vec![(done.conn, Err(tern_core::mqtt::reason::NOT_AUTHORIZED))],
                             };
-                            hub.broker.handle_authenticated(done.conn, result, now);
+                            for (conn, result) in answers {
+                                hub.broker.handle_authenticated(conn, result, now);
+                            }
                             hub.dispatch();
                         }
                     });

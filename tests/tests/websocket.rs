@@ -163,15 +163,13 @@ async fn packets_split_and_joined_across_messages() {
 async fn wrong_path_subprotocol_or_text_is_refused() {
     let port = free_port();
     let Some(b) = ws_broker(port) else { return };
-    let err = raw_ws(port, "/other", Some("mqtt"))
-        .await
-        .err()
-        .expect("wrong path");
+    let Err(err) = raw_ws(port, "/other", Some("mqtt")).await else {
+        panic!("wrong path accepted");
+    };
     assert!(err.contains("404"), "{err}");
-    let err = raw_ws(port, "/mqtt", Some("chat"))
-        .await
-        .err()
-        .expect("wrong protocol");
+    let Err(err) = raw_ws(port, "/mqtt", Some("chat")).await else {
+        panic!("wrong subprotocol accepted");
+    };
     assert!(err.contains("400"), "{err}");
     // mqttv3.1 (old clients) is accepted too.
     let (_, chosen) = raw_ws(port, "/mqtt", Some("mqttv3.1"))

@@ -15,9 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::phc::{Output, PasswordHash};
+use argon2::password_hash::PasswordHasher;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+
+/// Largest argon2 memory cost accepted in a password file, in KiB (256 MiB): a hash
+/// asking for more is refused rather than allowed to exhaust memory.
+pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
 
 /// The parsed file: users in file order with their PHC strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,11 +73,25 @@ impl PasswordFile {
                 return Err(syntax("expected `user:$argon2id$...`".to_owned()));
             };
             check_username(user).map_err(syntax)?;
-            if PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2") {
-                return Err(syntax(format!(
-                    "the hash of user {user:?} is not an argon2 PHC string \
-                     (create entries with `tern-edge passwd add`)"
-                )));
+            let params = PasswordHash::new(hash)
+                .ok()
+                .filter(|_| hash.starts_with("$argon2"))
+                .and_then(|parsed| Params::try_from(&parsed).ok());
+            match params {
+                None => {
+                    return Err(syntax(format!(
+                        "the hash of user {user:?} is not an argon2 PHC string \
+                         (create entries with `tern-edge passwd add`)"
+                    )))
+                }
+                Some(p) if p.m_cost() > MAX_MEMORY_KIB => {
+                    return Err(syntax(format!(
+                        "the hash of user {user:?} asks for {} KiB of memory \
+                         (at most {MAX_MEMORY_KIB})",
+                        p.m_cost()
+                    )))
+                }
+                Some(_) => {}
             }
             if file.get(user).is_some() {
                 return Err(syntax(format!("user {user:?} appears twice")));
@@ -208,13 +226,52 @@ pub fn hash_password(password: &[u8]) -> Result<String, PasswordFileError> {
         .map_err(|e| PasswordFileError::Hash(e.to_string()))
 }
 
-/// True if `password` matches the PHC string `hash`. Slow on purpose: call it on a
-/// blocking thread.
+/// Working memory for argon2, kept by a verifying thread between verifications so
+/// that each one does not allocate (and, with glibc, retain) another 19 MiB.
+#[derive(Debug, Default)]
+pub struct Scratch(Vec<Block>);
+
+/// True if `password` matches the PHC string `hash`. Slow on purpose: call it off the
+/// async workers.
 pub fn verify_password(password: &[u8], hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
-        Err(_) => false,
+    verify_password_with(password, hash, &mut Scratch::default())
+}
+
+/// [`verify_password`] with reusable working memory.
+pub fn verify_password_with(password: &[u8], hash: &str, scratch: &mut Scratch) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    if params.m_cost() > MAX_MEMORY_KIB {
+        return false;
     }
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let blocks = params.block_count();
+    if scratch.0.len() < blocks {
+        scratch.0.resize(blocks, Block::new());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password, salt, &mut out, &mut scratch.0[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    Output::new(&out).is_ok_and(|computed| &computed == expected)
 }
 
 /// A hash of nothing anyone knows, verified against for unknown users so that the
@@ -279,13 +336,13 @@ impl PasswordDb {
     }
 
     /// True if `user` exists and `password` is theirs. Slow on purpose (argon2id):
-    /// call it on a blocking thread. Unknown users take as long as known ones.
-    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+    /// call it off the async workers. Unknown users take as long as known ones.
+    pub fn verify(&self, user: &str, password: &[u8], scratch: &mut Scratch) -> bool {
         let file = self.file();
         match file.get(user) {
-            Some(hash) => verify_password(password, hash),
+            Some(hash) => verify_password_with(password, hash, scratch),
             None => {
-                let _ = verify_password(password, decoy_hash());
+                let _ = verify_password_with(password, decoy_hash(), scratch);
                 false
             }
         }
@@ -317,6 +374,42 @@ mod tests {
         assert!(verify_password(b"s3cret", &hash));
         assert!(!verify_password(b"s3cret!", &hash));
         assert!(!verify_password(b"s3cret", "not a hash"));
+        // Reused memory, and hashes with other parameters (argon2i, more memory).
+        let mut scratch = Scratch::default();
+        let other = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x13,
+            Params::new(32 * 1024, 3, 1, None).expect("params"),
+        )
+        .hash_password(b"other")
+        .expect("hash")
+        .to_string();
+        assert!(verify_password_with(b"s3cret", &hash, &mut scratch));
+        assert!(verify_password_with(b"other", &other, &mut scratch));
+        assert!(!verify_password_with(b"s3cret", &other, &mut scratch));
+        assert!(verify_password_with(b"s3cret", &hash, &mut scratch));
+    }
+
+    #[test]
+    fn parse_refuses_hashes_that_want_too_much_memory() {
+        let greedy = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(MAX_MEMORY_KIB + 8, 1, 1, None).expect("params"),
+        );
+        // Only the PHC string is needed: hash with a tiny cost, then claim a big one.
+        let small = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8, 1, 1, None).expect("params"),
+        )
+        .hash_password(b"x")
+        .expect("hash")
+        .to_string();
+        let claimed = small.replace("m=8,", &format!("m={},", greedy.params().m_cost()));
+        let err = PasswordFile::parse(&format!("a:{claimed}\n"), Path::new("pw"))
+            .expect_err("too much memory");
+        assert!(err.to_string().contains("memory"), "{err}");
     }
 
     #[test]
@@ -368,14 +461,15 @@ mod tests {
         file.set("alice", hash_password(b"one").expect("hash"));
         file.save(&path).expect("save");
         let db = PasswordDb::open(&path).expect("open");
-        assert!(db.verify("alice", b"one"));
-        assert!(!db.verify("nobody", b"one"));
+        let mut scratch = Scratch::default();
+        assert!(db.verify("alice", b"one", &mut scratch));
+        assert!(!db.verify("nobody", b"one", &mut scratch));
         file.set("alice", hash_password(b"two-and-longer").expect("hash"));
         file.save(&path).expect("save");
-        assert!(db.verify("alice", b"two-and-longer"));
+        assert!(db.verify("alice", b"two-and-longer", &mut scratch));
         // A broken file keeps the last good one.
         fs::write(&path, "garbage\n").expect("write");
-        assert!(db.verify("alice", b"two-and-longer"));
+        assert!(db.verify("alice", b"two-and-longer", &mut scratch));
         assert_eq!(db.users(), 1);
     }
 

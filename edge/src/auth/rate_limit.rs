@@ -44,7 +44,7 @@ impl LoginLimiter {
         if self.per_minute == 0 {
             return false;
         }
-        let key = key(ip);
+        let key = address_key(ip);
         let per_minute = self.per_minute;
         match self.buckets.get_mut(&key) {
             Some(bucket) => {
@@ -55,13 +55,37 @@ impl LoginLimiter {
         }
     }
 
+    /// Charges a login attempt from `ip` before its password is checked, so that
+    /// logins verified at the same time count too. False (and nothing charged) if the
+    /// address has no allowance left: refuse without checking. Give the charge back
+    /// with [`LoginLimiter::refund`] when the login succeeds.
+    pub fn take(&mut self, ip: IpAddr, now: Instant) -> bool {
+        if self.is_blocked(ip, now) {
+            return false;
+        }
+        self.record_failure(ip, now);
+        true
+    }
+
+    /// Gives back the charge of a login that succeeded.
+    pub fn refund(&mut self, ip: IpAddr, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let per_minute = self.per_minute;
+        if let Some(bucket) = self.buckets.get_mut(&address_key(ip)) {
+            refill(bucket, per_minute, now);
+            bucket.tokens = (bucket.tokens + 1.0).min(f64::from(per_minute));
+        }
+    }
+
     /// Counts a failed login from `ip`. Returns true if this failure used up the
     /// address's allowance (it is blocked from now on, for a while).
     pub fn record_failure(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.per_minute == 0 {
             return false;
         }
-        let key = key(ip);
+        let key = address_key(ip);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_TRACKED {
             self.prune(now);
         }
@@ -78,7 +102,7 @@ impl LoginLimiter {
 
     /// How long until `ip` may try again (zero if it may now).
     pub fn retry_after(&self, ip: IpAddr, now: Instant) -> Duration {
-        let Some(bucket) = self.buckets.get(&key(ip)) else {
+        let Some(bucket) = self.buckets.get(&address_key(ip)) else {
             return Duration::ZERO;
         };
         let mut b = *bucket;
@@ -118,8 +142,8 @@ fn refill(bucket: &mut Bucket, per_minute: u32, now: Instant) {
     bucket.updated = now;
 }
 
-/// The address a bucket is kept for.
-fn key(ip: IpAddr) -> IpAddr {
+/// The address a bucket is kept for (IPv6 by /64, IPv4-mapped as IPv4).
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -160,6 +184,18 @@ mod tests {
         assert!(wait > Duration::from_secs(11) && wait <= Duration::from_secs(12));
         assert!(limiter.is_blocked(a, t0 + Duration::from_secs(11)));
         assert!(!limiter.is_blocked(a, t0 + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn attempts_are_charged_up_front_and_refunded_on_success() {
+        let mut limiter = LoginLimiter::new(3);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.9");
+        assert!(limiter.take(a, t0) && limiter.take(a, t0) && limiter.take(a, t0));
+        assert!(!limiter.take(a, t0), "three in flight use up the allowance");
+        limiter.refund(a, t0);
+        assert!(limiter.take(a, t0), "a success gives its charge back");
+        assert!(!limiter.take(a, t0));
     }
 
     #[test]
