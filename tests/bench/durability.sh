@@ -23,15 +23,18 @@
 # duplicates messages is marked FAIL.
 #
 # Usage: tests/bench/durability.sh [--quick] [--no-build] [--out FILE] [--rounds N]
+#                                  [--report RESULTS_DIR]
 #   --quick     small counts (a smoke run of the pipeline; figures are not benchmarks),
 #               report to $CARGO_TARGET_DIR/bench-durability/BENCHMARKS.quick.md
 #   --no-build  use the release binaries already in $CARGO_TARGET_DIR/release
 #   --rounds N  throughput runs per broker and scenario (default 3; the median is shown)
+#   --report D  only write the report from the results directory D of an earlier run
 
 set -euo pipefail
 
 QUICK=0
 BUILD=1
+REPORT_ONLY=""
 OUT=""
 ROUNDS=3
 while [ $# -gt 0 ]; do
@@ -40,7 +43,8 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0 ;;
         --out) OUT="$2"; shift ;;
         --rounds) ROUNDS="$2"; shift ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --report) REPORT_ONLY="$2"; shift ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "durability.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -66,8 +70,14 @@ PORT_MOSQ=18851
 PORT_TERN=18853
 RUN_DIR="$CARGO_TARGET_DIR/bench-durability/run-$(date +%Y%m%d-%H%M%S)"
 RES="$RUN_DIR/results"
-mkdir -p "$RES" "$(dirname "$OUT")"
 BROKER_PID=""
+if [ -n "$REPORT_ONLY" ]; then
+    RES="$REPORT_ONLY"
+    [ -d "$RES" ] || { echo "durability.sh: no results directory $RES" >&2; exit 2; }
+else
+    mkdir -p "$RES"
+fi
+mkdir -p "$(dirname "$OUT")"
 
 log() { printf '[durability %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -85,6 +95,7 @@ stop_broker() { # signal
 }
 trap 'stop_broker KILL' EXIT
 
+if [ -z "$REPORT_ONLY" ]; then
 # --- peers and build ---------------------------------------------------------------------
 if ! command -v mosquitto >/dev/null; then
     log "installing mosquitto (Debian package)"
@@ -100,6 +111,16 @@ fi
 for b in "$EDGE" "$BENCH" "$LOAD"; do
     [ -x "$b" ] || { echo "durability.sh: $b missing (build without --no-build)" >&2; exit 2; }
 done
+# What was measured: the commit when this script built it, else only the binary's date.
+if [ "$BUILD" = 1 ]; then
+    label="commit \`$(git -C "$ROOT" rev-parse --short HEAD)\`"
+    if [ -n "$(git -C "$ROOT" status --porcelain -- shared edge 2>/dev/null)" ]; then
+        label="$label plus uncommitted changes in shared/ or edge/"
+    fi
+else
+    label="tern-edge binary built $(date -r "$EDGE" '+%Y-%m-%d %H:%M') (--no-build; HEAD was \`$(git -C "$ROOT" rev-parse --short HEAD)\` at the run)"
+fi
+echo "$label" >"$RES/build.txt"
 
 cat > "$RUN_DIR/mosquitto.conf" <<EOF
 listener $PORT_MOSQ 127.0.0.1
@@ -245,12 +266,11 @@ rm -rf "$DATA_B"
 printf '{"write_bytes_fill":%s,"rss_filled_kib":%s,"store_filled_bytes":%s,"sessions":%s,"per_session":%s,"queue_limit":%s}\n' \
     "$((W1 - W0))" "$RSS_FILLED" "$STORE_FILLED" "$SESSIONS" "$PER_SESSION" "$QUEUE" >"$RES/b-meta.json"
 
+fi # measurements
+
 # --- report --------------------------------------------------------------------------------
 MOSQ_VERSION=$(mosquitto -h 2>/dev/null | head -1 || true)
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)
-if [ -n "$(git -C "$ROOT" status --porcelain -- shared edge 2>/dev/null)" ]; then
-    COMMIT="$COMMIT + uncommitted changes in shared/ or edge/ at build time"
-fi
+COMMIT=$(cat "$RES/build.txt" 2>/dev/null || echo "an unrecorded build")
 python3 - "$RES" "$OUT" "$QUICK" "$MOSQ_VERSION" "$COMMIT" <<'PY'
 import glob, json, os, re, statistics, sys, datetime, platform
 
@@ -318,13 +338,18 @@ def fmt_rate(x):
 lines = []
 lines.append("## Durable edge")
 lines.append("")
-when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+stamp = os.path.join(res, "b-meta.json")
+when = datetime.datetime.fromtimestamp(
+    os.path.getmtime(stamp if os.path.exists(stamp) else res)).strftime("%Y-%m-%d %H:%M")
+loads = [float(r["load"].split()[0]) for rs in rows.values() for r in rs if r.get("load")]
 lines.append(f"Written by `tests/bench/durability.sh`{' --quick (smoke run: not a benchmark)' if quick == '1' else ''} "
-             f"on {when}, commit `{commit}`, {os.cpu_count()} CPUs ({cpu()}). tern-edge: profile "
+             f"on {when}, {commit}, {os.cpu_count()} CPUs ({cpu()}). tern-edge: profile "
              "`edge-gateway` with `TERN_AUTH__ALLOW_ANONYMOUS=true`, `TERN_STORE__BACKEND=redb`, `TERN_STORE__FSYNC=batch`, fresh data "
              f"directory per run. Mosquitto ({mosq_version or 'Debian package'}): `persistence false`, "
              "so it acknowledges QoS 1 from memory. Runs alternate between the brokers; each figure "
-             "is the median of the rounds (all rounds listed below).")
+             "is the median of the rounds (all rounds listed below)."
+             + (f" The 1-minute load average during the runs was {min(loads):.1f}–{max(loads):.1f} "
+                "on 2 cores: other work shared the machine, so the figures are noisy." if loads else ""))
 lines.append("")
 lines.append("### QoS 1 throughput, 4 publishers → 4 subscribers (pairs), 100-byte payloads")
 lines.append("")
@@ -402,6 +427,9 @@ for label, rr in (("after SIGKILL", r1), ("after SIGTERM (one session drained)",
                      f"({rr['peak_rss_kib'] / 1024:,.0f} MiB) |")
         if rr.get("restored"):
             lines.append(f"| restart {label}: broker's log | `{rr['restored'].strip()}` |")
+if r1 and meta.get("rss_filled_kib"):
+    lines.append(f"| RSS after the restore / RSS of the broker that built the backlog | "
+                 f"{r1['rss_kib'] / meta['rss_filled_kib']:.1f}× |")
 if drain:
     ok = drain.get("received") == drain.get("expected") and drain.get("session_present")
     lines.append(f"| drain session 0 after the SIGKILL restart | {drain.get('received', 0):,} of "
