@@ -703,6 +703,7 @@ async fn session_queue_limit_is_not_acknowledged_as_success() {
         }
         answers.push(format!("{seq}: {a:?}"));
     }
+    eprintln!("per-session queue limit 10, 15 QoS 1 messages: {answers:?}");
     let (mut s, _) = RawClient::connect(&addr, &sub_connect.clean(false)).await;
     let mut seen = Vec::new();
     drain_until_quiet(&mut s, &mut seen).await;
@@ -759,5 +760,64 @@ async fn full_store_is_logged_once_per_interval() {
         "{refusals} refusals in {secs:.1} s produced {lines} WARN/ERROR log lines; issue 5 asks \
          for the full store to be logged once per interval. Last lines:\n{}",
         tail(&broker.run_log(), 6)
+    );
+}
+
+/// The same per-session queue limit seen by an MQTT 3.1.1 publisher, which has no reason
+/// codes: a message the offline session cannot take must not get a PUBACK (the full store
+/// closes the connection instead), or an acknowledged message is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_queue_limit_is_not_acknowledged_to_a_v4_publisher() {
+    let Some(broker) = Broker::start_configured(
+        &[("TERN_MQTT__MAX_QUEUED_MESSAGES", "10")],
+        "needs a small per-session queue",
+    ) else {
+        return;
+    };
+    let addr = broker.addr();
+    let run = unique("qlimit4");
+    let sub_connect = raw::Connect::new(raw::V4, &format!("{run}-sub")).clean(false);
+    let (mut s, _) = RawClient::connect(&addr, &sub_connect).await;
+    assert_eq!(
+        s.subscribe(1, &[(&format!("q/{run}/#"), 1)], &Props::new())
+            .await,
+        vec![1]
+    );
+    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = s.wait_closed(WAIT).await;
+
+    let topic = format!("q/{run}/t");
+    let pub_connect = raw::Connect::new(raw::V4, &format!("{run}-pub"));
+    let (mut p, _) = RawClient::connect(&addr, &pub_connect).await;
+    let mut answers = Vec::new();
+    let mut acked = BTreeSet::new();
+    for seq in 0..15 {
+        let a = publish_one(&mut p, &topic, seq, 1, false).await;
+        match a {
+            Answer::PubAck(r) if r < 0x80 => {
+                acked.insert(seq);
+            }
+            Answer::Disconnect(_) | Answer::Closed | Answer::Timeout => {
+                p = RawClient::connect(&addr, &pub_connect).await.0;
+            }
+            _ => {}
+        }
+        answers.push(format!("{seq}: {a:?}"));
+    }
+    eprintln!("MQTT 3.1.1, per-session queue limit 10, 15 QoS 1 messages: {answers:?}");
+    let (mut s, _) = RawClient::connect(&addr, &sub_connect).await;
+    let mut seen = Vec::new();
+    drain_until_quiet(&mut s, &mut seen).await;
+    let lost: Vec<u32> = acked
+        .iter()
+        .filter(|n| !seen.contains(n))
+        .copied()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "MQTT 3.1.1: messages that got a PUBACK but were dropped by the per-session queue \
+         limit of 10 and never delivered: {lost:?}; the broker answered: {answers:?}"
     );
 }
