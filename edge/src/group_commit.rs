@@ -81,6 +81,7 @@ pub(crate) fn spawn(
         store,
         full_logged: None,
         full_refusals: 0,
+        limit: (config.max_bytes > 0).then_some(config.max_bytes),
         merge: config.fsync != Fsync::Always,
         window: Duration::from_micros(config.commit_window_us),
         max_ops: config.max_batch_ops.max(1),
@@ -107,6 +108,8 @@ struct Committer {
     /// When "store full" was last logged, and the refusals since.
     full_logged: Option<Instant>,
     full_refusals: u64,
+    /// The store's byte budget, reported to the broker with the usage.
+    limit: Option<u64>,
     merge: bool,
     window: Duration,
     max_ops: usize,
@@ -115,6 +118,9 @@ struct Committer {
 
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<StoreBatch>) {
+        // A store restored near its budget refuses from the first PUBLISH on.
+        self.server
+            .store_usage(self.store.stats().bytes, self.limit);
         let mut ops: Vec<StoreOp> = Vec::new();
         while let Ok(first) = rx.recv() {
             let mut last = first.id;
@@ -132,7 +138,10 @@ impl Committer {
                     ops.extend(next.ops);
                 }
             }
-            match self.store.apply(&ops) {
+            let result = self.store.apply(&ops);
+            self.server
+                .store_usage(self.store.stats().bytes, self.limit);
+            match result {
                 Ok(()) => self.server.store_committed(last),
                 Err(error) => {
                     let quota = matches!(error, StoreError::Full { .. });

@@ -360,6 +360,11 @@ impl Server {
         self.with_hub(None, |hub, _| hub.broker.handle_store_committed(id));
     }
 
+    /// The store holds `bytes` of its budget `limit`.
+    pub(crate) fn store_usage(&self, bytes: u64, limit: Option<u64>) {
+        self.with_hub(None, |hub, _| hub.broker.handle_store_usage(bytes, limit));
+    }
+
     /// Store batch `id` failed (`quota`: the store is full).
     pub(crate) fn store_failed(&self, id: u64, quota: bool) {
         self.with_hub(None, |hub, now| {

@@ -98,6 +98,8 @@ pub struct Broker {
     acl: Option<Acl>,
     /// CONNECTs wait for `handle_authenticated`.
     require_auth: bool,
+    /// The store is close to its budget: QoS 1/2 PUBLISHes are refused up front.
+    store_nearly_full: bool,
     /// Online sessions whose queue passed its high-water mark: publishers should be
     /// slowed down (see `is_congested`).
     congested: std::collections::HashSet<SessionId>,
@@ -127,6 +129,7 @@ impl Broker {
             stats: Stats::default(),
             acl: None,
             require_auth: false,
+            store_nearly_full: false,
             congested: std::collections::HashSet::new(),
             route_buf: Vec::new(),
         }

@@ -232,13 +232,23 @@ impl Broker {
             }
         }
         for conn in refused {
-            tracing::warn!(
+            // The store's failure itself is logged once per interval by the I/O layer.
+            tracing::debug!(
                 ?conn,
                 quota,
                 "store write failed; closing without acknowledging"
             );
             self.close(conn, Some(reason_code), now);
         }
+    }
+
+    /// How full the store is, reported by the I/O layer after each commit. From 90 %
+    /// of `limit` on, QoS 1/2 PUBLISHes are refused before they are routed (v5: 0x97
+    /// on the PUBACK/PUBREC; v3.1.1: the connection is closed unacknowledged), so a
+    /// full store refuses cleanly instead of failing a batch after the message went
+    /// out to some subscribers.
+    pub fn handle_store_usage(&mut self, bytes: u64, limit: Option<u64>) {
+        self.store_nearly_full = limit.is_some_and(|l| u128::from(bytes) * 10 >= u128::from(l) * 9);
     }
 
     /// Stores `sid`'s record (or deletes it when the session no longer outlives its

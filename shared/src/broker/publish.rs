@@ -84,6 +84,26 @@ impl Broker {
             }
             return;
         }
+        if self.store_nearly_full && publish.qos != QoS::AtMostOnce {
+            let v5 = self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
+            let known_qos2 = publish.qos == QoS::ExactlyOnce
+                && self
+                    .sessions
+                    .get(&sid)
+                    .is_some_and(|s| s.incoming_qos2.contains(&packet_id));
+            if !known_qos2 && self.would_store(sid, &publish) {
+                tracing::debug!(?conn, "store nearly full; QoS 1/2 publish refused");
+                if !v5 {
+                    return self.close(conn, None, now);
+                }
+                let refusal = PubResponse::with_reason(packet_id, reason::QUOTA_EXCEEDED);
+                let packet = match publish.qos {
+                    QoS::ExactlyOnce => Packet::PubRec(refusal),
+                    _ => Packet::PubAck(refusal),
+                };
+                return self.send(conn, packet);
+            }
+        }
         if publish.qos == QoS::ExactlyOnce {
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;
@@ -129,6 +149,30 @@ impl Broker {
             QoS::AtLeastOnce => self.send(conn, Packet::PubAck(PubResponse::new(packet_id))),
             QoS::ExactlyOnce => self.send(conn, Packet::PubRec(PubResponse::new(packet_id))),
         }
+    }
+
+    /// Would accepting `publish` from session `sid` write to the store? (Checked only
+    /// while the store is nearly full, so that traffic the store never sees flows on.)
+    fn would_store(&mut self, sid: SessionId, publish: &Publish) -> bool {
+        if publish.retain {
+            return true;
+        }
+        let publisher_persisted = self.sessions.get(&sid).is_some_and(|s| s.persisted);
+        if publish.qos == QoS::ExactlyOnce && publisher_persisted {
+            return true;
+        }
+        let mut routes = std::mem::take(&mut self.route_buf);
+        routes.clear();
+        self.router.route(&publish.topic, &mut routes);
+        let stores = routes.iter().any(|r| {
+            r.subscription.options.qos != QoS::AtMostOnce
+                && self
+                    .sessions
+                    .get(&r.subscriber)
+                    .is_some_and(|s| s.persisted)
+        });
+        self.route_buf = routes;
+        stores
     }
 
     /// Stores `msg` as retained if flagged, then routes it.
