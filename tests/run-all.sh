@@ -27,7 +27,8 @@ cargo test --workspace --locked
 step "python interop tests (paho-mqtt)"
 bash tests/run-python.sh
 
-if [ -f tests/bench/smoke.sh ]; then
-  step "tern-bench smoke run"
-  bash tests/bench/smoke.sh
-fi
+step "tern-bench smoke run"
+bash tests/bench/smoke.sh
+
+step "fuzzing (bounded)"
+bash tests/fuzz.sh "${TERN_FUZZ_SECONDS:-60}"

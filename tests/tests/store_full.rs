@@ -776,14 +776,16 @@ async fn session_queue_limit_is_not_acknowledged_to_a_v4_publisher() {
     };
     let addr = broker.addr();
     let run = unique("qlimit4");
-    let sub_connect = raw::Connect::new(raw::V4, &format!("{run}-sub")).clean(false);
+    // The subscriber speaks v5 (the drain helper reads v5); the publisher is the point.
+    let sub_connect = raw::Connect::new(raw::V5, &format!("{run}-sub"))
+        .props(Props::new().u32(prop::SESSION_EXPIRY_INTERVAL, 600));
     let (mut s, _) = RawClient::connect(&addr, &sub_connect).await;
     assert_eq!(
         s.subscribe(1, &[(&format!("q/{run}/#"), 1)], &Props::new())
             .await,
         vec![1]
     );
-    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
+    s.send(&raw::disconnect(raw::V5, 0, &Props::new()))
         .await
         .unwrap();
     let _ = s.wait_closed(WAIT).await;
@@ -807,7 +809,7 @@ async fn session_queue_limit_is_not_acknowledged_to_a_v4_publisher() {
         answers.push(format!("{seq}: {a:?}"));
     }
     eprintln!("MQTT 3.1.1, per-session queue limit 10, 15 QoS 1 messages: {answers:?}");
-    let (mut s, _) = RawClient::connect(&addr, &sub_connect).await;
+    let (mut s, _) = RawClient::connect(&addr, &sub_connect.clean(false)).await;
     let mut seen = Vec::new();
     drain_until_quiet(&mut s, &mut seen).await;
     let lost: Vec<u32> = acked

@@ -134,18 +134,20 @@ impl Broker {
         self.stats.messages_received += 1;
         let dropped_before = self.stats.messages_dropped;
         self.publish_message(msg, now);
-        // A full session queue dropped this message for someone: a v5 publisher of
-        // QoS 1 is told (0x97) so that nothing acknowledged as a success is lost; v3.1.1
-        // has no way to say it. (QoS 2 keeps its PUBREC: refusing it would make the
-        // publisher resend, and deliver twice to everyone who did take it.)
-        let quota = self.stats.messages_dropped != dropped_before
-            && self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
+        // A full session queue dropped this message for someone: a QoS 1 publisher must
+        // not get a success for it, or an acknowledged message is lost. v5 is told with
+        // 0x97; v3.1.1 has no reason codes, so its connection is closed unacknowledged
+        // (it resends after reconnecting). QoS 2 keeps its PUBREC: refusing it would
+        // make the publisher resend and deliver twice to everyone who did take it.
+        let quota = self.stats.messages_dropped != dropped_before;
+        let v5 = self.conns.get(&conn).is_some_and(|c| c.version.is_v5());
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce if quota => self.send(
+            QoS::AtLeastOnce if quota && v5 => self.send(
                 conn,
                 Packet::PubAck(PubResponse::with_reason(packet_id, reason::QUOTA_EXCEEDED)),
             ),
+            QoS::AtLeastOnce if quota => self.close(conn, None, now),
             QoS::AtLeastOnce => self.send(conn, Packet::PubAck(PubResponse::new(packet_id))),
             QoS::ExactlyOnce => self.send(conn, Packet::PubRec(PubResponse::new(packet_id))),
         }
