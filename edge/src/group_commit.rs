@@ -122,54 +122,74 @@ impl Committer {
         self.server
             .store_usage(self.store.stats().bytes, self.limit);
         let mut ops: Vec<StoreOp> = Vec::new();
+        // (batch id, where its ops end in `ops`), in order.
+        let mut group: Vec<(u64, usize)> = Vec::new();
         while let Ok(first) = rx.recv() {
-            let mut last = first.id;
-            let mut ids = vec![first.id];
             ops.clear();
+            group.clear();
             ops.extend(first.ops);
+            group.push((first.id, ops.len()));
             if self.merge {
                 if !self.window.is_zero() {
                     std::thread::sleep(self.window);
                 }
                 while ops.len() < self.max_ops {
                     let Ok(next) = rx.try_recv() else { break };
-                    last = next.id;
-                    ids.push(next.id);
                     ops.extend(next.ops);
+                    group.push((next.id, ops.len()));
                 }
             }
-            let result = self.store.apply(&ops);
+            match self.store.apply(&ops) {
+                Ok(()) => {
+                    if let Some(&(last, _)) = group.last() {
+                        self.server.store_committed(last);
+                    }
+                }
+                Err(error) if group.len() > 1 && !matches!(error, StoreError::Io { .. }) => {
+                    // One batch spoiled the group (e.g. it grows a full store): apply
+                    // them one by one, in order, so a drain is never refused for a
+                    // publisher's sake (store contract rule 8).
+                    let mut start = 0;
+                    for &(id, end) in &group {
+                        let result = self.store.apply(&ops[start..end]);
+                        self.settle(id, result);
+                        start = end;
+                    }
+                }
+                Err(error) => self.settle(group[0].0, Err(error)),
+            }
             self.server
                 .store_usage(self.store.stats().bytes, self.limit);
-            match result {
-                Ok(()) => self.server.store_committed(last),
-                Err(error) => {
-                    let quota = matches!(error, StoreError::Full { .. });
-                    if !quota {
-                        tracing::error!(%error, "store write failed");
-                    } else if self
-                        .full_logged
-                        .is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL)
-                    {
-                        // Once per interval: a full store refuses every publisher in turn.
-                        tracing::warn!(%error, refused = self.full_refusals + 1, "store full; refusing publishers (0x97) until queues drain");
-                        self.full_logged = Some(Instant::now());
-                        self.full_refusals = 0;
-                    } else {
-                        self.full_refusals += 1;
-                    }
-                    for id in ids {
-                        self.server.store_failed(id, quota);
-                    }
-                    if matches!(error, StoreError::Io { .. }) {
-                        // The store refuses further writes until reopened (its contract);
-                        // a restart recovers it. systemd/procd restart us on failure.
-                        tracing::error!("the store is unusable after an I/O error; exiting");
-                        std::process::exit(1);
-                    }
-                }
-            }
         }
         tracing::debug!("store commit thread done");
+    }
+
+    /// Reports the outcome of applying batch `id` to the broker.
+    fn settle(&mut self, id: u64, result: Result<(), StoreError>) {
+        let error = match result {
+            Ok(()) => return self.server.store_committed(id),
+            Err(error) => error,
+        };
+        let quota = matches!(error, StoreError::Full { .. });
+        if !quota {
+            tracing::error!(%error, "store write failed");
+        } else if self
+            .full_logged
+            .is_none_or(|at| at.elapsed() >= FULL_LOG_INTERVAL)
+        {
+            // Once per interval: a full store refuses every publisher in turn.
+            tracing::warn!(%error, refused = self.full_refusals + 1, "store full; refusing publishers (0x97) until queues drain");
+            self.full_logged = Some(Instant::now());
+            self.full_refusals = 0;
+        } else {
+            self.full_refusals += 1;
+        }
+        self.server.store_failed(id, quota);
+        if matches!(error, StoreError::Io { .. }) {
+            // The store refuses further writes until reopened (its contract); a
+            // restart recovers it. systemd/procd restart us on failure.
+            tracing::error!("the store is unusable after an I/O error; exiting");
+            std::process::exit(1);
+        }
     }
 }

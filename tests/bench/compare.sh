@@ -172,6 +172,7 @@ start_broker() { # name
                 TERN_LISTENERS__TCP__BIND="127.0.0.1:${PORT[tern]}" \
                 TERN_STORE__BACKEND="${COMPARE_TERN_STORE:-memory}" \
                 TERN_NODE__DATA_DIR="$RUN_DIR/tern-data" \
+                TERN_AUTH__ALLOW_ANONYMOUS=true \
                 TERN_LOG__LEVEL=warn \
                 "$EDGE" --profile edge-gateway >>"$log" 2>&1 & ;;
     esac
