@@ -31,4 +31,4 @@ step "tern-bench smoke run"
 bash tests/bench/smoke.sh
 
 step "fuzzing (bounded)"
-bash tests/fuzz.sh "${TERN_FUZZ_SECONDS:-60}"
+bash tests/fuzz.sh "${FUZZ_SECONDS:-60}"
