@@ -30,5 +30,8 @@ bash tests/run-python.sh
 step "tern-bench smoke run"
 bash tests/bench/smoke.sh
 
+step "firmware: aarch64 build under qemu, driven by a real MQTT client"
+bash firmware-targets/test-qemu.sh
+
 step "fuzzing (bounded)"
 bash tests/fuzz.sh "${FUZZ_SECONDS:-60}"
