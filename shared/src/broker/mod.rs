@@ -169,11 +169,7 @@ impl Broker {
                 }
                 Packet::Connect(connect) => self.handle_connect(conn, *connect, now),
                 other => {
-                    tracing::info!(
-                        ?conn,
-                        packet = packet_name(&other),
-                        "first packet is not CONNECT"
-                    );
+                    tracing::info!(?conn, packet = other.name(), "first packet is not CONNECT");
                     self.close(conn, None, now);
                 }
             },
@@ -214,7 +210,7 @@ impl Broker {
             | Packet::PingResp) => {
                 tracing::info!(
                     ?conn,
-                    packet = packet_name(&other),
+                    packet = other.name(),
                     "server-only packet from a client"
                 );
                 self.close(conn, Some(reason::PROTOCOL_ERROR), now);
@@ -360,26 +356,5 @@ impl Broker {
             self.send(conn, Packet::Disconnect(Disconnect::with_reason(code)));
         }
         self.outbox.push(Output::Close(conn));
-    }
-}
-
-/// Name of a packet type for log lines.
-fn packet_name(p: &Packet) -> &'static str {
-    match p {
-        Packet::Connect(_) => "CONNECT",
-        Packet::ConnAck(_) => "CONNACK",
-        Packet::Publish(_) => "PUBLISH",
-        Packet::PubAck(_) => "PUBACK",
-        Packet::PubRec(_) => "PUBREC",
-        Packet::PubRel(_) => "PUBREL",
-        Packet::PubComp(_) => "PUBCOMP",
-        Packet::Subscribe(_) => "SUBSCRIBE",
-        Packet::SubAck(_) => "SUBACK",
-        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
-        Packet::UnsubAck(_) => "UNSUBACK",
-        Packet::PingReq => "PINGREQ",
-        Packet::PingResp => "PINGRESP",
-        Packet::Disconnect(_) => "DISCONNECT",
-        Packet::Auth(_) => "AUTH",
     }
 }

@@ -194,10 +194,7 @@ fn on_ack(
         }
         (QoS::ExactlyOnce, Packet::PubRec(r)) => Ok((0, Some(r.packet_id))),
         (_, Packet::PingResp) => Ok((0, None)),
-        (_, other) => Err(format!(
-            "unexpected {} from broker",
-            client::packet_name(&other)
-        )),
+        (_, other) => Err(format!("unexpected {} from broker", other.name())),
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, watch};
 
-use crate::client::{self, put_ack, put_disconnect, Conn};
+use crate::client::{put_ack, put_disconnect, Conn};
 use crate::clock;
 use crate::payload::Layout;
 use crate::progress::Counters;
@@ -98,10 +98,7 @@ pub async fn run(conn: Conn, mut ctx: SubCtx) -> SubOutcome {
                 Ok(Some(Packet::PubRel(r))) => put_ack(&mut acks, Packet::PubComp, r.packet_id),
                 Ok(Some(Packet::PingResp)) => {}
                 Ok(Some(other)) => {
-                    out.error = Some(format!(
-                        "unexpected {} from broker",
-                        client::packet_name(&other)
-                    ));
+                    out.error = Some(format!("unexpected {} from broker", other.name()));
                     break 'run;
                 }
                 Ok(None) => break,
