@@ -10,7 +10,7 @@ use super::persist::{remove_entry, update_entry};
 use super::session::{Awaiting, Delivery, Inflight, SessionId};
 use super::{Broker, Output};
 use crate::message::{Message, QoS};
-use crate::mqtt::codec::encoded_len;
+use crate::mqtt::codec::publish_len;
 use crate::mqtt::packet::{Packet, PubResponse, Publish, PublishProperties};
 use crate::mqtt::reason;
 use crate::mqtt::topic::valid_topic_name;
@@ -524,15 +524,10 @@ pub(super) fn publish_packet(
         properties,
         payload: msg.payload.clone(),
     };
-    if c.client_max_packet_size != u32::MAX {
-        let packet = Packet::Publish(publish);
-        if encoded_len(&packet, c.version) > c.client_max_packet_size as usize {
-            return None;
-        }
-        let Packet::Publish(p) = packet else {
-            unreachable!("constructed as a PUBLISH two lines above")
-        };
-        publish = p;
+    if c.client_max_packet_size != u32::MAX
+        && publish_len(&publish, c.version) > c.client_max_packet_size as usize
+    {
+        return None;
     }
     if c.client_topic_alias_max > 0 && !dup {
         if let Some(&alias) = c.outbound_aliases.get(&publish.topic) {

@@ -31,7 +31,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::packet::{Packet, ProtocolVersion};
+use super::packet::{Packet, ProtocolVersion, Publish};
 use fixed_header::{
     AUTH, CONNACK, CONNECT, DISCONNECT, PINGREQ, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC,
     PUBREL, SUBACK, SUBSCRIBE, UNSUBACK, UNSUBSCRIBE,
@@ -231,7 +231,17 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
 ///
 /// `usize::MAX` when `version` cannot carry the packet (see the module docs).
 pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
-    let remaining = body_len(packet, version);
+    total_len(body_len(packet, version))
+}
+
+/// [`encoded_len`] of a PUBLISH, without wrapping it in a [`Packet`] (the broker checks
+/// every delivery against the client's maximum packet size).
+pub fn publish_len(publish: &Publish, version: ProtocolVersion) -> usize {
+    total_len(publish::body_len(publish, version))
+}
+
+/// Fixed header plus `remaining`; `usize::MAX` when no packet can be that long.
+fn total_len(remaining: usize) -> usize {
     if remaining > MAX_VARINT {
         return usize::MAX;
     }

@@ -1035,3 +1035,22 @@ fn publish_hot_path_does_not_allocate() {
         assert_eq!((count, len), (0, tx.len()));
     }
 }
+
+#[test]
+fn publish_len_matches_encoded_len() {
+    let p = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "a/b".into(),
+        packet_id: Some(3),
+        properties: PublishProperties::default(),
+        payload: bytes::Bytes::from(vec![7u8; 300]),
+    };
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        assert_eq!(
+            super::publish_len(&p, v),
+            encoded_len(&Packet::Publish(p.clone()), v)
+        );
+    }
+}
