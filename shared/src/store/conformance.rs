@@ -73,6 +73,10 @@ macro_rules! store_conformance_tests {
             budget_refuses_growth_and_allows_draining,
             records_round_trip_exactly,
             reopen_keeps_everything,
+            cursors_put_replace_delete,
+            cursor_ops_are_atomic_with_their_batch,
+            cursors_survive_reopen,
+            cursors_in_the_budget,
             random_against_model,
         );
     };
@@ -127,6 +131,10 @@ suite!(
     budget_refuses_growth_and_allows_draining,
     records_round_trip_exactly,
     reopen_keeps_everything,
+    cursors_put_replace_delete,
+    cursor_ops_are_atomic_with_their_batch,
+    cursors_survive_reopen,
+    cursors_in_the_budget,
     random_against_model,
 );
 
@@ -253,6 +261,24 @@ fn remove_entry(client: &ByteString, seq: u64) -> StoreOp {
     }
 }
 
+fn put_cursor(name: &str, value: u64) -> StoreOp {
+    StoreOp::PutCursor {
+        name: ByteString::from(name),
+        value,
+    }
+}
+
+fn delete_cursor(name: &str) -> StoreOp {
+    StoreOp::DeleteCursor {
+        name: ByteString::from(name),
+    }
+}
+
+/// The cursors of a snapshot as (name, value) pairs, in load order.
+fn cursor_list(snap: &Snapshot) -> Vec<(&str, u64)> {
+    snap.cursors.iter().map(|(n, v)| (&n[..], *v)).collect()
+}
+
 // ---------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------
@@ -287,18 +313,19 @@ fn refused<S: Store>(store: &mut S, batch: &[StoreOp], index: usize, reason: Inv
 }
 
 /// The counts of `stats` (bytes are implementation-defined).
-fn counts(s: StoreStats) -> [u64; 5] {
+fn counts(s: StoreStats) -> [u64; 6] {
     [
         s.sessions,
         s.entries,
         s.messages,
         s.retained,
         s.incoming_qos2,
+        s.cursors,
     ]
 }
 
 /// The counts a snapshot implies.
-fn snapshot_counts(snap: &Snapshot) -> [u64; 5] {
+fn snapshot_counts(snap: &Snapshot) -> [u64; 6] {
     [
         snap.sessions.len() as u64,
         snap.sessions.iter().map(|s| s.entries.len() as u64).sum(),
@@ -308,6 +335,7 @@ fn snapshot_counts(snap: &Snapshot) -> [u64; 5] {
             .iter()
             .map(|s| s.incoming_qos2.len() as u64)
             .sum(),
+        snap.cursors.len() as u64,
     ]
 }
 
@@ -381,7 +409,7 @@ pub fn empty_store<F: StoreFactory>(factory: &mut F) {
     let store = factory.create(StoreLimits::default());
     let snap = checked(&store);
     assert_eq!(snap, Snapshot::empty());
-    assert_eq!(counts(store.stats()), [0; 5]);
+    assert_eq!(counts(store.stats()), [0; 6]);
     let mut store = store;
     ok(&mut store, &[], "an empty batch");
     assert_eq!(checked(&store), Snapshot::empty());
@@ -477,6 +505,7 @@ pub fn deletes_are_idempotent<F: StoreFactory>(factory: &mut F) {
             put_message(1),
             enqueue(&a, 1, 1),
             StoreOp::PutRetained(message(3, 4)),
+            put_cursor("kept", 3),
         ],
         "setup",
     );
@@ -499,6 +528,8 @@ pub fn deletes_are_idempotent<F: StoreFactory>(factory: &mut F) {
         StoreOp::DeleteRetained {
             topic: "no/such/topic".into(),
         },
+        delete_cursor("no/such/cursor"),
+        delete_cursor(""),
     ];
     ok(&mut store, &absent, "deletes of absent things");
     assert_eq!(checked(&store), before, "nothing changed");
@@ -513,11 +544,14 @@ pub fn deletes_are_idempotent<F: StoreFactory>(factory: &mut F) {
         StoreOp::DeleteSession {
             client_id: a.clone(),
         },
+        delete_cursor("kept"),
+        delete_cursor("kept"),
     ];
     ok(&mut store, &twice, "deletes repeated");
     ok(&mut store, &twice, "deletes replayed");
     let snap = checked(&store);
     assert!(snap.sessions.is_empty() && snap.messages.is_empty());
+    assert!(snap.cursors.is_empty());
     assert_eq!(snap.retained.len(), 1);
 }
 
@@ -921,12 +955,17 @@ pub fn failed_batch_changes_nothing<F: StoreFactory>(factory: &mut F) {
             packet_id: 4,
         },
         StoreOp::PutRetained(message(8, 8)),
+        put_cursor("outbox/0", 10),
+        put_cursor("inbox/0", 20),
     ];
     ok(&mut store, &setup, "setup");
     let before = checked(&store);
     let stats = store.stats();
 
     let everything = vec![
+        put_cursor("outbox/0", 11),
+        delete_cursor("inbox/0"),
+        put_cursor("outbox/1", 1),
         put_session(&a, 5),
         put_session(&c, 1),
         put_message(3),
@@ -986,6 +1025,7 @@ pub fn failed_batch_changes_nothing<F: StoreFactory>(factory: &mut F) {
     let snap = checked(&store);
     assert_eq!(snap.sessions.len(), 1, "only c left");
     assert_eq!(seqs(&snap, &c), vec![1]);
+    assert_eq!(cursor_list(&snap), vec![("outbox/0", 11), ("outbox/1", 1)]);
 }
 
 /// With several bad ops, the first in batch order is reported.
@@ -1140,6 +1180,9 @@ pub fn records_round_trip_exactly<F: StoreFactory>(factory: &mut F) {
         },
     });
     batch.push(StoreOp::PutRetained(extremes.clone()));
+    batch.push(put_cursor("", 0));
+    batch.push(put_cursor("ünïcødé/κέρσορας", u64::MAX));
+    batch.push(put_cursor(&"x".repeat(4096), 1 << 63));
     ok(&mut store, &batch, "everything");
 
     let mut model = Model::default();
@@ -1172,6 +1215,7 @@ pub fn reopen_keeps_everything<F: StoreFactory>(factory: &mut F) {
                 packet_id: 3,
             },
             StoreOp::PutRetained(message(4, 4)),
+            put_cursor("outbox/0", 7),
         ],
         "second",
     );
@@ -1193,6 +1237,309 @@ pub fn reopen_keeps_everything<F: StoreFactory>(factory: &mut F) {
     assert_eq!(seqs(&snap, &a), vec![2]);
     let store = factory.reopen(store);
     assert_eq!(checked(&store), snap, "second reopen");
+}
+
+/// Cursors: a put creates or replaces, a delete removes (absent: no-op), ops in a
+/// batch take effect in order, `load` returns each cursor as last put, by name;
+/// sessions and cursors do not affect each other.
+pub fn cursors_put_replace_delete<F: StoreFactory>(factory: &mut F) {
+    let mut store = factory.create(StoreLimits::default());
+    ok(
+        &mut store,
+        &[
+            put_cursor("outbox/1", 5),
+            put_cursor("outbox/0", u64::MAX),
+            put_cursor("inbox/gw-1/0", 0),
+            put_cursor("outbox", 1),
+        ],
+        "put",
+    );
+    let snap = checked(&store);
+    assert_eq!(
+        cursor_list(&snap),
+        vec![
+            ("inbox/gw-1/0", 0),
+            ("outbox", 1),
+            ("outbox/0", u64::MAX),
+            ("outbox/1", 5)
+        ],
+        "every cursor, by name, names that are prefixes of others apart"
+    );
+    assert_eq!(store.stats().cursors, 4);
+
+    // Replacing takes any value, smaller ones included: the store does not order them.
+    ok(
+        &mut store,
+        &[put_cursor("outbox/1", 6), put_cursor("outbox/0", 3)],
+        "replace",
+    );
+    let snap = checked(&store);
+    assert_eq!(snap.cursors.get("outbox/1"), Some(&6));
+    assert_eq!(snap.cursors.get("outbox/0"), Some(&3));
+    assert_eq!(store.stats().cursors, 4, "a replacement adds no cursor");
+
+    // In order within one batch: the last op on a name wins.
+    ok(
+        &mut store,
+        &[
+            put_cursor("outbox/1", 7),
+            put_cursor("outbox/1", 8),
+            delete_cursor("outbox/1"),
+            delete_cursor("outbox"),
+            put_cursor("outbox", 9),
+            put_cursor("new", 1),
+            delete_cursor("new"),
+        ],
+        "sequential",
+    );
+    assert_eq!(
+        cursor_list(&checked(&store)),
+        vec![("inbox/gw-1/0", 0), ("outbox", 9), ("outbox/0", 3)]
+    );
+
+    // Cursors live apart from sessions: a session named like a cursor, and its
+    // deletion, leave the cursors alone, and deleting a cursor leaves the session.
+    let named = ByteString::from("outbox/0");
+    ok(
+        &mut store,
+        &[
+            put_session(&named, 1),
+            put_message(1),
+            enqueue(&named, 1, 1),
+        ],
+        "a session named like a cursor",
+    );
+    ok(
+        &mut store,
+        &[delete_cursor("outbox/0")],
+        "delete the cursor",
+    );
+    let snap = checked(&store);
+    assert_eq!(seqs(&snap, &named), vec![1], "the session is untouched");
+    assert!(!snap.cursors.contains_key("outbox/0"));
+    ok(
+        &mut store,
+        &[
+            put_cursor("outbox/0", 4),
+            StoreOp::DeleteSession { client_id: named },
+        ],
+        "delete the session",
+    );
+    assert_eq!(
+        cursor_list(&checked(&store)),
+        vec![("inbox/gw-1/0", 0), ("outbox", 9), ("outbox/0", 4)],
+        "cursors kept when a session goes"
+    );
+
+    ok(
+        &mut store,
+        &[
+            delete_cursor("inbox/gw-1/0"),
+            delete_cursor("outbox"),
+            delete_cursor("outbox/0"),
+        ],
+        "delete all",
+    );
+    let snap = checked(&store);
+    assert!(snap.cursors.is_empty());
+    assert_eq!(store.stats().cursors, 0);
+}
+
+/// Cursor ops are undone with the rest of a batch that is refused by a later op, by
+/// the budget, or anywhere in between.
+pub fn cursor_ops_are_atomic_with_their_batch<F: StoreFactory>(factory: &mut F) {
+    let mut store = factory.create(StoreLimits::default());
+    let a = cid(1);
+    ok(
+        &mut store,
+        &[
+            put_session(&a, 0),
+            put_message(1),
+            enqueue(&a, 1, 1),
+            put_cursor("outbox/0", 1),
+            put_cursor("inbox/0", 100),
+        ],
+        "setup",
+    );
+    let before = checked(&store);
+    let stats = store.stats();
+
+    // What the bridge does: remove what was acknowledged and move the cursor past it.
+    let acknowledged = vec![
+        remove_entry(&a, 1),
+        put_cursor("outbox/0", 2),
+        put_cursor("inbox/0", 101),
+        delete_cursor("inbox/0"),
+        put_cursor("inbox/1", 5),
+    ];
+    let failing = [
+        (
+            enqueue(&a, 2, 77),
+            InvalidOp::UnknownMessage { id: MessageId(77) },
+        ),
+        (
+            StoreOp::UpdateEntry {
+                client_id: a.clone(),
+                seq: 1,
+                state: EntryState::Queued,
+            },
+            InvalidOp::UnknownEntry {
+                client_id: a.clone(),
+                seq: 1,
+            },
+        ),
+    ];
+    for (last, reason) in failing {
+        let mut batch = acknowledged.clone();
+        batch.push(last);
+        let index = batch.len() - 1;
+        refused(&mut store, &batch, index, reason);
+        assert_eq!(
+            checked(&store),
+            before,
+            "a refused batch moved no cursor and removed no entry"
+        );
+        assert_eq!(store.stats(), stats, "bytes included");
+    }
+    // A refusal before the cursor ops, too.
+    let mut batch = vec![enqueue(&cid(9), 1, 1)];
+    batch.extend(acknowledged.iter().cloned());
+    refused(
+        &mut store,
+        &batch,
+        0,
+        InvalidOp::UnknownSession { client_id: cid(9) },
+    );
+    assert_eq!(checked(&store), before);
+
+    ok(&mut store, &acknowledged, "the batch without the bad op");
+    let snap = checked(&store);
+    assert_eq!(cursor_list(&snap), vec![("inbox/1", 5), ("outbox/0", 2)]);
+    assert!(seqs(&snap, &a).is_empty() && snap.messages.is_empty());
+}
+
+/// Cursors survive a reopen, can be changed after it, and a refused cursor batch
+/// just before closing does not surface.
+pub fn cursors_survive_reopen<F: StoreFactory>(factory: &mut F) {
+    let mut store = factory.create(StoreLimits::default());
+    ok(
+        &mut store,
+        &[
+            put_cursor("outbox/0", 41),
+            put_cursor("outbox/1", u64::MAX),
+            put_cursor("inbox/0", 0),
+        ],
+        "put",
+    );
+    ok(&mut store, &[put_cursor("outbox/0", 42)], "replace");
+    assert!(store
+        .apply(&[put_cursor("outbox/0", 43), enqueue(&cid(1), 1, 1)])
+        .is_err());
+    let before = checked(&store);
+    let stats = store.stats();
+    let mut store = factory.reopen(store);
+    let snap = checked(&store);
+    assert_eq!(snap, before, "load after reopen");
+    assert_eq!(
+        cursor_list(&snap),
+        vec![("inbox/0", 0), ("outbox/0", 42), ("outbox/1", u64::MAX)]
+    );
+    assert_eq!(store.stats(), stats, "stats after reopen, bytes included");
+
+    ok(
+        &mut store,
+        &[
+            delete_cursor("outbox/1"),
+            put_cursor("outbox/0", 50),
+            put_cursor("outbox/2", 1),
+        ],
+        "after reopen",
+    );
+    let snap = checked(&store);
+    let store = factory.reopen(store);
+    assert_eq!(checked(&store), snap, "second reopen");
+    assert_eq!(
+        cursor_list(&snap),
+        vec![("inbox/0", 0), ("outbox/0", 50), ("outbox/2", 1)]
+    );
+}
+
+/// Cursors take budget like other records; replacing one never grows the store, so
+/// a full store can always move its cursors, and deleting them gives space back.
+pub fn cursors_in_the_budget<F: StoreFactory>(factory: &mut F) {
+    let baseline = factory.create(StoreLimits::default()).stats().bytes;
+    let limit = baseline + 4 * 1024;
+    let mut store = factory.create(StoreLimits {
+        max_bytes: Some(limit),
+    });
+    // Names of equal length, so every new cursor costs the same.
+    let name = |i: u64| format!("cursor/{i:05}");
+    let mut n = 0;
+    loop {
+        assert!(n < 10_000, "a 4 KiB budget was never reached by cursors");
+        let before = checked(&store);
+        let stats = store.stats();
+        match store.apply(&[put_cursor(&name(n), n)]) {
+            Ok(()) => {
+                assert!(store.stats().bytes <= limit, "within the budget");
+                assert!(
+                    store.stats().bytes > stats.bytes,
+                    "a new cursor takes bytes"
+                );
+                n += 1;
+            }
+            Err(StoreError::Full { needed, limit: l }) => {
+                assert_eq!(l, limit);
+                assert!(needed > limit);
+                assert_eq!(checked(&store), before, "a refused cursor changed nothing");
+                assert_eq!(store.stats(), stats);
+                break;
+            }
+            Err(e) => panic!("expected Full, got {e}"),
+        }
+    }
+    assert!(n > 1, "the budget fits a few cursors");
+    let full = store.stats();
+
+    // Moving cursors while full: any value, many at once, bytes unchanged.
+    let moves: Vec<_> = (0..n).map(|i| put_cursor(&name(i), u64::MAX - i)).collect();
+    ok(&mut store, &moves, "replace every cursor while full");
+    ok(&mut store, &[put_cursor(&name(0), 0)], "move one back");
+    assert_eq!(
+        store.stats(),
+        full,
+        "replacing cursors does not grow the store"
+    );
+
+    // A batch that moves a cursor and adds one is refused whole.
+    let before = checked(&store);
+    match store.apply(&[put_cursor(&name(1), 7), put_cursor(&name(n), n)]) {
+        Err(StoreError::Full { .. }) => {}
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(
+        checked(&store),
+        before,
+        "the move was undone with the batch"
+    );
+
+    // Swapping one cursor for another of the same size is neutral, so accepted.
+    ok(
+        &mut store,
+        &[delete_cursor(&name(0)), put_cursor(&name(n), n)],
+        "swap while full",
+    );
+    assert_eq!(store.stats().bytes, full.bytes);
+
+    // Deleting gives the space back.
+    ok(&mut store, &[delete_cursor(&name(1))], "delete while full");
+    assert!(store.stats().bytes < full.bytes);
+    ok(
+        &mut store,
+        &[put_cursor(&name(n + 1), 1)],
+        "space came back",
+    );
+    assert_eq!(store.stats().cursors, n);
 }
 
 /// Seeds of the random run.
@@ -1296,7 +1643,7 @@ fn random_op(rng: &mut XorShift, model: &Model, next_id: &mut u64, batch: &mut V
     let fresh_seq = existing.last().map_or(0, |s| s + 1 + rng.below(3));
     let live: Vec<u64> = model.messages.keys().map(|id| id.0).collect();
     let pick_live = |rng: &mut XorShift| live[rng.below(live.len() as u64) as usize];
-    let op = match rng.below(100) {
+    let op = match rng.below(110) {
         // Any of the five clients, so sessions get created, not only replaced.
         0..=9 => StoreOp::PutSession(session(&cid(rng.below(5)), rng.below(4))),
         10..=13 => StoreOp::DeleteSession { client_id: client },
@@ -1374,8 +1721,16 @@ fn random_op(rng: &mut XorShift, model: &Model, next_id: &mut u64, batch: &mut V
             let n = rng.below(1000);
             StoreOp::PutRetained(message(n, rng.below(20) as usize))
         }
-        _ => StoreOp::DeleteRetained {
+        97..=99 => StoreOp::DeleteRetained {
             topic: ByteString::from(format!("topic/{}", rng.below(6))),
+        },
+        // A few names, so puts replace and deletes hit as often as they miss.
+        100..=106 => StoreOp::PutCursor {
+            name: ByteString::from(format!("cursor/{}", rng.below(4))),
+            value: rng.next_u64() >> rng.below(64),
+        },
+        _ => StoreOp::DeleteCursor {
+            name: ByteString::from(format!("cursor/{}", rng.below(5))),
         },
     };
     batch.push(op);
@@ -1421,6 +1776,7 @@ pub struct Model {
     sessions: BTreeMap<ByteString, ModelSession>,
     messages: BTreeMap<MessageId, StoredMessage>,
     retained: BTreeMap<ByteString, StoredMessage>,
+    cursors: BTreeMap<ByteString, u64>,
 }
 
 impl Model {
@@ -1525,6 +1881,12 @@ impl Model {
             StoreOp::DeleteRetained { topic } => {
                 self.retained.remove(topic);
             }
+            StoreOp::PutCursor { name, value } => {
+                self.cursors.insert(name.clone(), *value);
+            }
+            StoreOp::DeleteCursor { name } => {
+                self.cursors.remove(name);
+            }
         }
         Ok(())
     }
@@ -1544,6 +1906,7 @@ impl Model {
                 .collect(),
             messages: self.messages.clone(),
             retained: self.retained.values().cloned().collect(),
+            cursors: self.cursors.clone(),
         }
     }
 }

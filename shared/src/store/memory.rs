@@ -50,6 +50,8 @@ enum Undo {
     Message(MessageId, Option<MessageState>),
     /// A retained message changed: restore it.
     Retained(ByteString, Option<StoredMessage>),
+    /// A cursor changed: restore its value (None: it did not exist).
+    Cursor(ByteString, Option<u64>),
 }
 
 /// The in-memory [`Store`]: durable for the life of the value, nothing more.
@@ -59,6 +61,7 @@ pub struct MemoryStore {
     sessions: BTreeMap<ByteString, SessionState>,
     messages: BTreeMap<MessageId, MessageState>,
     retained: BTreeMap<ByteString, StoredMessage>,
+    cursors: BTreeMap<ByteString, u64>,
     /// Running totals, kept in step with the maps so `stats` is O(1).
     stats: StoreStats,
 }
@@ -235,6 +238,22 @@ impl MemoryStore {
                     undo.push(Undo::Retained(topic.clone(), Some(old)));
                 }
             }
+            StoreOp::PutCursor { name, value } => {
+                let old = self.cursors.insert(name.clone(), *value);
+                if old.is_none() {
+                    // The size does not depend on the value: a replacement adds nothing.
+                    self.stats.cursors += 1;
+                    self.stats.bytes += cursor_bytes(name);
+                }
+                undo.push(Undo::Cursor(name.clone(), old));
+            }
+            StoreOp::DeleteCursor { name } => {
+                if let Some(old) = self.cursors.remove(name) {
+                    self.stats.cursors -= 1;
+                    self.stats.bytes -= cursor_bytes(name);
+                    undo.push(Undo::Cursor(name.clone(), Some(old)));
+                }
+            }
         }
         Ok(())
     }
@@ -316,6 +335,14 @@ impl MemoryStore {
                         self.retained.remove(&topic);
                     }
                 },
+                Undo::Cursor(name, old) => match old {
+                    Some(value) => {
+                        self.cursors.insert(name, value);
+                    }
+                    None => {
+                        self.cursors.remove(&name);
+                    }
+                },
             }
         }
         self.stats = stats;
@@ -331,6 +358,7 @@ impl MemoryStore {
             sessions: self.sessions.len() as u64,
             messages: self.messages.len() as u64,
             retained: self.retained.len() as u64,
+            cursors: self.cursors.len() as u64,
             ..StoreStats::default()
         };
         let mut refs: BTreeMap<MessageId, u64> = BTreeMap::new();
@@ -353,6 +381,7 @@ impl MemoryStore {
             );
         }
         totals.bytes += self.retained.values().map(message_bytes).sum::<u64>();
+        totals.bytes += self.cursors.keys().map(cursor_bytes).sum::<u64>();
         assert_eq!(self.stats, totals, "running totals drifted from the maps");
     }
 }
@@ -402,6 +431,7 @@ impl Store for MemoryStore {
                 .map(|(id, m)| (*id, m.message.clone()))
                 .collect(),
             retained: self.retained.values().cloned().collect(),
+            cursors: self.cursors.clone(),
         })
     }
 
@@ -441,6 +471,11 @@ fn message_bytes(m: &StoredMessage) -> u64 {
 /// Estimated encoded size of an entry, key included.
 fn entry_bytes(client_id: &ByteString, _seq: u64, e: &EntryRecord) -> u64 {
     RECORD_OVERHEAD + client_id.len() as u64 + 8 + 16 + 4 * e.subscription_ids.len() as u64
+}
+
+/// Estimated encoded size of a cursor, name included; independent of the value.
+fn cursor_bytes(name: &ByteString) -> u64 {
+    RECORD_OVERHEAD + name.len() as u64 + 8
 }
 
 /// Estimated encoded size of an incoming QoS 2 id, key included.

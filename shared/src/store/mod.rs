@@ -27,7 +27,10 @@
 //!   delivery waiting in the queue or in flight, pointing at a message;
 //! - per session, the **incoming QoS 2 packet ids** that got PUBREC and await PUBREL;
 //! - **retained messages** by topic;
-//! - the **format version** ([`FORMAT_VERSION`]) for future migrations.
+//! - named **cursors**: a `u64` per name, set and deleted by the broker (the bridge's
+//!   outbox and inbox positions, DESIGN.md "Edge store"); the store keeps them and
+//!   gives them back, it does not interpret them;
+//! - the **format version** ([`FORMAT_VERSION`]) for migrations.
 //!
 //! # The contract
 //!
@@ -51,8 +54,8 @@
 //!    [`StoreError::Invalid`] naming the index of the *first* failing op and why
 //!    ([`InvalidOp`]). Which ops can fail is documented on each [`StoreOp`] variant.
 //! 5. **Idempotent deletes.** Deleting something absent (session, entry, incoming
-//!    QoS 2 id, retained topic) succeeds and changes nothing, so replaying a delete
-//!    after a crash is harmless.
+//!    QoS 2 id, retained topic, cursor) succeeds and changes nothing, so replaying a
+//!    delete after a crash is harmless.
 //! 6. **Cascade.** [`StoreOp::DeleteSession`] also deletes the session's entries and
 //!    incoming QoS 2 ids (and so releases its message references).
 //! 7. **Message lifetime.** A message is kept exactly as long as at least one entry
@@ -62,16 +65,27 @@
 //! 8. **Budget.** With [`StoreLimits::max_bytes`] set, a batch that would leave
 //!    [`StoreStats::bytes`] above the limit *and* larger than before the batch fails
 //!    with [`StoreError::Full`]. A batch that does not grow the store is never refused
-//!    for space, so draining a full store always works.
+//!    for space, so draining a full store always works. Cursors count toward the
+//!    budget like other records, but their size does not depend on their value: a
+//!    [`StoreOp::PutCursor`] that replaces an existing cursor leaves `bytes` as it was,
+//!    so moving a cursor (to record what was drained) is never refused for space.
 //! 9. **Load.** `load` returns the state obtained by applying, in order, every batch
 //!    that returned `Ok` since the store was created (across reopenings of a durable
 //!    store), in a canonical order: sessions by client id, entries by ascending
 //!    sequence, incoming QoS 2 ids ascending, messages by id, retained messages by
-//!    topic. Subscriptions come back exactly as last put. Records come back equal
-//!    (`==`) to what was put.
+//!    topic, cursors by name. Subscriptions come back exactly as last put. Records come
+//!    back equal (`==`) to what was put.
 //! 10. **Ordering.** Entries of one session are ordered by their sequence number, not
 //!     by insertion order; the broker assigns increasing sequences so that the queue
 //!     order survives a restart.
+//! 11. **Cursors.** `load` returns every cursor with the value of its last
+//!     [`StoreOp::PutCursor`], none that was deleted since, whatever the value (no
+//!     ordering between successive values is checked or assumed). Cursors are
+//!     independent of every other record: no op validates against them and deleting a
+//!     session leaves them. A cursor op takes effect with the rest of its batch or not
+//!     at all (rule 1), so a cursor moved in the same batch as the ops it accounts for
+//!     (removing what was acknowledged, storing what was received) is never ahead of
+//!     them or behind them, after a failed batch or a crash.
 //!
 //! The store does not check MQTT invariants (distinct packet ids among in-flight
 //! entries, QoS ranges, topic syntax): the broker owns those, and checking them here
@@ -98,7 +112,12 @@ pub use self::redb::{RedbOptions, RedbStore};
 pub use memory::MemoryStore;
 
 /// Version of the record layout; a durable store refuses to open a newer one.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: sessions, entries, incoming QoS 2 ids, messages, retained messages.
+/// - 2: adds named cursors ([`StoreOp::PutCursor`]). A version 1 store opens as a
+///   store without cursors and is marked version 2 when opened, after which a build
+///   that reads only version 1 refuses it.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Identifies a stored message; assigned by the broker, unique among live messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -288,6 +307,18 @@ pub enum StoreOp {
         /// Topic name.
         topic: ByteString,
     },
+    /// Sets the named cursor to `value`, replacing any. Never fails validation.
+    PutCursor {
+        /// Name of the cursor (any string, the empty one included).
+        name: ByteString,
+        /// New value.
+        value: u64,
+    },
+    /// Deletes the named cursor; absent is a no-op.
+    DeleteCursor {
+        /// Name of the cursor.
+        name: ByteString,
+    },
 }
 
 /// Why an op of a batch was refused; always a bug in the caller, never an I/O problem.
@@ -413,6 +444,8 @@ pub struct StoreStats {
     pub retained: u64,
     /// Incoming QoS 2 packet ids over all sessions.
     pub incoming_qos2: u64,
+    /// Named cursors stored.
+    pub cursors: u64,
     /// Bytes used, as the implementation measures them (memory: an estimate of the
     /// encoded records; redb: bytes of the database in use). The budget compares this.
     pub bytes: u64,
@@ -440,6 +473,8 @@ pub struct Snapshot {
     pub messages: BTreeMap<MessageId, StoredMessage>,
     /// Retained messages by topic.
     pub retained: Vec<StoredMessage>,
+    /// Named cursors by name, as last put.
+    pub cursors: BTreeMap<ByteString, u64>,
 }
 
 impl Snapshot {
@@ -450,6 +485,7 @@ impl Snapshot {
             sessions: Vec::new(),
             messages: BTreeMap::new(),
             retained: Vec::new(),
+            cursors: BTreeMap::new(),
         }
     }
 
@@ -463,7 +499,8 @@ impl Snapshot {
     }
 }
 
-/// Durable storage of sessions, queues, in-flight state and retained messages.
+/// Durable storage of sessions, queues, in-flight state, retained messages and
+/// named cursors.
 ///
 /// See the module documentation for the contract every implementation keeps.
 pub trait Store {

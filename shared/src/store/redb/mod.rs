@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //!
-//! One redb file, seven tables; values are encoded by [`codec`] (versioned,
-//! hand-written, length-prefixed):
+//! One redb file, eight tables; record values are encoded by [`codec`] (versioned,
+//! hand-written, length-prefixed), counters are redb's own `u64`:
 //!
 //! | table           | key                      | value                              |
 //! |-----------------|--------------------------|------------------------------------|
@@ -13,13 +13,25 @@
 //! | `messages`      | message id               | message, topic included            |
 //! | `message_refs`  | message id               | number of entries referencing it   |
 //! | `retained`      | topic                    | message without the topic          |
+//! | `cursors`       | cursor name              | `u64` value                        |
 //! | `meta`          | `format_version`/`stats` | [`FORMAT_VERSION`] / running totals|
 //!
 //! redb orders tuple keys element by element, so one session's entries and QoS 2 ids
 //! are a contiguous range in sequence order, and a session whose id is a prefix of
 //! another's does not mix with it. Reference counts live in their own small table so
 //! that enqueueing or acknowledging a fan-out message rewrites eight bytes, not the
-//! message; `load` and `open` never have to scan the entries to rebuild them.
+//! message; `load` and `open` never have to scan the entries to rebuild them. A
+//! cursor's row has a fixed-size value, so moving a cursor never changes
+//! [`StoreStats::bytes`] (contract rule 8).
+//!
+//! # Format versions
+//!
+//! `meta` holds the [`FORMAT_VERSION`] the file was written in. Opening a file of a
+//! newer version fails with [`StoreError::UnsupportedVersion`]. A version 1 file (from
+//! before cursors) is upgraded by `open`, in one transaction: it gains the empty
+//! `cursors` table, its stored totals gain the cursor count, and its version becomes
+//! 2, so from then on a build that reads only version 1 refuses it rather than
+//! dropping cursors it does not know.
 //!
 //! `apply` is one write transaction. Ops are validated and applied in order inside it;
 //! reference counts of the messages the batch touches are cached and written at the
@@ -101,12 +113,15 @@ const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const MESSAGE_REFS: TableDefinition<u64, u64> = TableDefinition::new("message_refs");
 /// Retained messages by topic.
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
+/// Named cursors (format version 2).
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// Format version and running totals.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// `meta` key of the format version (`u32`, big endian).
 const META_VERSION: &str = "format_version";
-/// `meta` key of the running totals (six `u64`, big endian, in [`StoreStats`] order).
+/// `meta` key of the running totals: `u64`s, big endian: sessions, entries, messages,
+/// retained, incoming QoS 2 ids, bytes, then (format version 2) cursors.
 const META_STATS: &str = "stats";
 
 /// Per-row allowance in [`StoreStats::bytes`] for redb's own bookkeeping (offsets in
@@ -283,9 +298,9 @@ impl RedbStore {
                     .map_err(|e| err(e.into()))?;
                 StoreStats::default()
             } else {
-                let version = meta.get(META_VERSION).map_err(|e| err(e.into()))?;
-                let version = version
-                    .as_ref()
+                let version = meta
+                    .get(META_VERSION)
+                    .map_err(|e| err(e.into()))?
                     .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
                     .map(u32::from_be_bytes)
                     .ok_or_else(|| {
@@ -297,22 +312,33 @@ impl RedbStore {
                         supported: FORMAT_VERSION,
                     });
                 }
-                if version != FORMAT_VERSION {
-                    // No older format exists yet; a migration would go here.
-                    return Err(decode_error(
-                        path,
-                        "meta",
-                        &META_VERSION,
-                        format!("version {version}"),
-                    ));
+                if version == 0 {
+                    return Err(decode_error(path, "meta", &META_VERSION, "version 0"));
                 }
-                let stats = meta.get(META_STATS).map_err(|e| err(e.into()))?;
-                stats
-                    .as_ref()
-                    .and_then(|v| decode_stats(v.value()))
+                let stats = meta
+                    .get(META_STATS)
+                    .map_err(|e| err(e.into()))?
+                    .and_then(|v| decode_stats(v.value(), version))
                     .ok_or_else(|| {
                         decode_error(path, "meta", &META_STATS, "missing or malformed")
-                    })?
+                    })?;
+                if version < FORMAT_VERSION {
+                    // Version 1 -> 2: no cursors yet (their table is created below, in
+                    // this transaction); the totals gain the cursor count.
+                    if tables.iter().any(|t| t == CURSORS.name()) {
+                        return Err(decode_error(
+                            path,
+                            "meta",
+                            &META_VERSION,
+                            format!("version {version} with a cursors table"),
+                        ));
+                    }
+                    meta.insert(META_VERSION, FORMAT_VERSION.to_be_bytes().as_slice())
+                        .map_err(|e| err(e.into()))?;
+                    meta.insert(META_STATS, encode_stats(&stats).as_slice())
+                        .map_err(|e| err(e.into()))?;
+                }
+                stats
             }
         };
         // Opening every table creates any that is missing and checks the types of the
@@ -323,6 +349,7 @@ impl RedbStore {
         txn.open_table(MESSAGES).map_err(|e| err(e.into()))?;
         txn.open_table(MESSAGE_REFS).map_err(|e| err(e.into()))?;
         txn.open_table(RETAINED).map_err(|e| err(e.into()))?;
+        txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
         txn.commit().map_err(|e| err(e.into()))?;
         Ok(stats)
     }
@@ -437,6 +464,7 @@ impl RedbStore {
             sessions: snap.sessions.len() as u64,
             messages: snap.messages.len() as u64,
             retained: snap.retained.len() as u64,
+            cursors: snap.cursors.len() as u64,
             ..StoreStats::default()
         };
         let entries = txn.open_table(ENTRIES).expect("entries");
@@ -480,6 +508,7 @@ impl RedbStore {
             s.incoming_qos2 += sess.incoming_qos2.len() as u64;
             s.bytes += sess.incoming_qos2.len() as u64 * qos2_bytes(&sess.record.client_id);
         }
+        s.bytes += snap.cursors.keys().map(|n| cursor_bytes(n)).sum::<u64>();
         s
     }
 }
@@ -504,6 +533,11 @@ fn message_bytes(value_len: usize) -> u64 {
     8 + value_len as u64 + ROW_OVERHEAD + 16 + ROW_OVERHEAD
 }
 
+/// Bytes of a cursor row; the value has a fixed size, so replacing it adds nothing.
+fn cursor_bytes(name: &str) -> u64 {
+    name.len() as u64 + 8 + ROW_OVERHEAD
+}
+
 /// Bytes of a retained row.
 fn retained_bytes(topic: &str, value_len: usize) -> u64 {
     topic.len() as u64 + value_len as u64 + ROW_OVERHEAD
@@ -515,8 +549,11 @@ fn dec(total: &mut u64, by: u64) {
     *total = total.saturating_sub(by);
 }
 
-fn encode_stats(s: &StoreStats) -> [u8; 48] {
-    let mut out = [0; 48];
+/// Size of the encoded totals of format version 2 (version 1: without cursors, 48).
+const STATS_LEN: usize = 56;
+
+fn encode_stats(s: &StoreStats) -> [u8; STATS_LEN] {
+    let mut out = [0; STATS_LEN];
     let fields = [
         s.sessions,
         s.entries,
@@ -524,6 +561,7 @@ fn encode_stats(s: &StoreStats) -> [u8; 48] {
         s.retained,
         s.incoming_qos2,
         s.bytes,
+        s.cursors,
     ];
     for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
         chunk.copy_from_slice(&v.to_be_bytes());
@@ -531,8 +569,10 @@ fn encode_stats(s: &StoreStats) -> [u8; 48] {
     out
 }
 
-fn decode_stats(b: &[u8]) -> Option<StoreStats> {
-    if b.len() != 48 {
+/// Decodes the totals as stored by format `version` (1: no cursor count).
+fn decode_stats(b: &[u8], version: u32) -> Option<StoreStats> {
+    let len = if version == 1 { 48 } else { STATS_LEN };
+    if b.len() != len {
         return None;
     }
     let mut f = b.chunks_exact(8).map(|c| {
@@ -547,6 +587,7 @@ fn decode_stats(b: &[u8]) -> Option<StoreStats> {
         retained: f.next()?,
         incoming_qos2: f.next()?,
         bytes: f.next()?,
+        cursors: if version == 1 { 0 } else { f.next()? },
     })
 }
 
@@ -574,6 +615,7 @@ struct Batch<'t> {
     messages: Table<'t, u64, &'static [u8]>,
     refs: Table<'t, u64, u64>,
     retained: Table<'t, &'static str, &'static [u8]>,
+    cursors: Table<'t, &'static str, u64>,
     meta: Table<'t, &'static str, &'static [u8]>,
     /// Reference counts of the messages the batch touched, as they stand now.
     counts: HashMap<u64, u64>,
@@ -591,6 +633,7 @@ impl<'t> Batch<'t> {
             messages: txn.open_table(MESSAGES)?,
             refs: txn.open_table(MESSAGE_REFS)?,
             retained: txn.open_table(RETAINED)?,
+            cursors: txn.open_table(CURSORS)?,
             meta: txn.open_table(META)?,
             counts: HashMap::new(),
             stats,
@@ -803,6 +846,20 @@ impl<'t> Batch<'t> {
                     dec(&mut self.stats.bytes, retained_bytes(topic, old_len));
                 }
             }
+            StoreOp::PutCursor { name, value } => {
+                let name: &str = name;
+                if self.cursors.insert(name, *value)?.is_none() {
+                    self.stats.cursors += 1;
+                    self.stats.bytes += cursor_bytes(name);
+                }
+            }
+            StoreOp::DeleteCursor { name } => {
+                let name: &str = name;
+                if self.cursors.remove(name)?.is_some() {
+                    dec(&mut self.stats.cursors, 1);
+                    dec(&mut self.stats.bytes, cursor_bytes(name));
+                }
+            }
         }
         Ok(())
     }
@@ -893,6 +950,7 @@ impl Store for RedbStore {
         let qos2 = txn.open_table(INCOMING_QOS2).map_err(|e| err(e.into()))?;
         let messages = txn.open_table(MESSAGES).map_err(|e| err(e.into()))?;
         let retained = txn.open_table(RETAINED).map_err(|e| err(e.into()))?;
+        let cursors = txn.open_table(CURSORS).map_err(|e| err(e.into()))?;
 
         let mut snap = Snapshot::empty();
         for row in sessions.iter().map_err(|e| err(e.into()))? {
@@ -937,6 +995,10 @@ impl Store for RedbStore {
             let message = codec::decode_message(Some(ByteString::from(topic)), v.value())
                 .map_err(|e| decode_error(path, "retained", &topic, e))?;
             snap.retained.push(message);
+        }
+        for row in cursors.iter().map_err(|e| err(e.into()))? {
+            let (k, v) = row.map_err(|e| err(e.into()))?;
+            snap.cursors.insert(ByteString::from(k.value()), v.value());
         }
         Ok(snap)
     }

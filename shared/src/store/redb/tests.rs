@@ -138,7 +138,8 @@ fn workload_message(id: u64, payload: usize) -> StoredMessage {
 }
 
 /// Batch `n` (from 1): puts and enqueues, acks of older entries, state changes, QoS 2
-/// ids, and a retained `progress` message holding `n`, all in one transaction.
+/// ids, a retained `progress` message holding `n` and cursors (one holding `n`, one
+/// replaced or deleted), all in one transaction.
 fn workload_batch(n: u64) -> Vec<StoreOp> {
     let mut ops = Vec::new();
     if n == 1 {
@@ -197,6 +198,27 @@ fn workload_batch(n: u64) -> Vec<StoreOp> {
     progress.topic = "progress".into();
     progress.payload = Bytes::from(n.to_be_bytes().to_vec());
     ops.push(StoreOp::PutRetained(progress));
+    ops.push(StoreOp::PutCursor {
+        name: "outbox/0".into(),
+        value: n,
+    });
+    ops.push(if n.is_multiple_of(3) {
+        StoreOp::DeleteCursor {
+            name: "inbox/0".into(),
+        }
+    } else {
+        StoreOp::PutCursor {
+            name: "inbox/0".into(),
+            value: n * 10,
+        }
+    });
+    ops
+}
+
+/// Batch `n` as a version 1 build could write it: without the cursor ops.
+fn workload_batch_v1(n: u64) -> Vec<StoreOp> {
+    let mut ops = workload_batch(n);
+    ops.retain(|op| !matches!(op, StoreOp::PutCursor { .. } | StoreOp::DeleteCursor { .. }));
     ops
 }
 
@@ -460,6 +482,164 @@ fn store_redb_newer_format_version_is_refused() {
     }
 }
 
+/// The raw format version and encoded totals of a closed store.
+fn raw_meta(path: &Path) -> (u32, Vec<u8>) {
+    let db = Database::open(path).expect("raw open");
+    let txn = db.begin_read().expect("txn");
+    let meta = txn.open_table(META).expect("meta");
+    let version = meta.get(META_VERSION).expect("get").expect("version");
+    let version = u32::from_be_bytes(version.value().try_into().expect("4 bytes"));
+    let stats = meta.get(META_STATS).expect("get").expect("stats");
+    (version, stats.value().to_vec())
+}
+
+/// Rewrites a closed store that has no cursors into what a version 1 build wrote for
+/// the same batches: no `cursors` table, six totals, version 1.
+fn downgrade_to_v1(path: &Path) {
+    let db = Database::open(path).expect("raw open");
+    let txn = db.begin_write().expect("txn");
+    {
+        use ::redb::ReadableTableMetadata;
+        let cursors = txn.open_table(CURSORS).expect("cursors");
+        assert_eq!(
+            cursors.len().expect("len"),
+            0,
+            "a version 1 store has no cursors"
+        );
+    }
+    assert!(txn.delete_table(CURSORS).expect("delete cursors"));
+    {
+        let mut meta = txn.open_table(META).expect("meta");
+        let stats = meta
+            .get(META_STATS)
+            .expect("get")
+            .expect("stats")
+            .value()
+            .to_vec();
+        assert_eq!(stats.len(), 56);
+        assert_eq!(stats[48..], [0; 8], "no cursors counted");
+        meta.insert(META_STATS, &stats[..48]).expect("insert");
+        meta.insert(META_VERSION, 1u32.to_be_bytes().as_slice())
+            .expect("insert");
+    }
+    txn.commit().expect("commit");
+}
+
+#[test]
+fn store_redb_version_1_store_opens_and_is_upgraded() {
+    let dir = TempDir::new("v1");
+    let path = dir.file("store.redb");
+    let mut model = Model::default();
+    {
+        let mut store = RedbStore::open(&path, fast(StoreLimits::default())).expect("open");
+        for n in 1..=20 {
+            let batch = workload_batch_v1(n);
+            store.apply(&batch).expect("apply");
+            model.apply(&batch).expect("model");
+        }
+        store.close().expect("close");
+    }
+    downgrade_to_v1(&path);
+    assert_eq!(raw_meta(&path).0, 1);
+    {
+        let db = Database::open(&path).expect("raw open");
+        let txn = db.begin_read().expect("txn");
+        let names: Vec<String> = txn
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(!names.iter().any(|t| t == "cursors"), "{names:?}");
+    }
+
+    let store = RedbStore::open(&path, fast(StoreLimits::default())).expect("open v1");
+    let snap = store.load().expect("load");
+    assert_eq!(snap, model.snapshot(), "everything of the version 1 store");
+    assert_eq!(snap.version, FORMAT_VERSION);
+    assert!(snap.cursors.is_empty());
+    assert_eq!(store.recount(), store.stats(), "totals carried over");
+    assert_eq!(store.stats().cursors, 0);
+
+    // The upgrade is durable by itself: an open and close with no batch keeps it.
+    store.close().expect("close");
+    let (version, stats) = raw_meta(&path);
+    assert_eq!(
+        (version, stats.len()),
+        (FORMAT_VERSION, 56),
+        "upgraded on open"
+    );
+
+    // The upgraded store takes cursors and keeps them.
+    let mut store = RedbStore::open(&path, fast(StoreLimits::default())).expect("reopen");
+    assert_eq!(store.load().expect("load"), model.snapshot());
+    let batch = workload_batch(21);
+    store.apply(&batch).expect("apply with cursors");
+    model.apply(&batch).expect("model");
+    store.close().expect("close");
+    let store = RedbStore::open(&path, fast(StoreLimits::default())).expect("reopen");
+    let snap = store.load().expect("load");
+    assert_eq!(snap, model.snapshot());
+    assert_eq!(snap.cursors.get("outbox/0"), Some(&21));
+    assert_eq!(store.recount(), store.stats());
+}
+
+#[test]
+fn store_redb_malformed_meta_is_corrupt() {
+    let dir = TempDir::new("meta");
+    let set = |path: &Path, key: &str, value: &[u8]| {
+        let db = Database::open(path).expect("raw open");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(key, value)
+            .expect("insert");
+        txn.commit().expect("commit");
+    };
+    let expect_corrupt =
+        |path: &Path, what: &str| match unwrap_err(RedbStore::open(path, RedbOptions::default())) {
+            StoreError::Corrupt { detail, .. } => {
+                assert!(detail.contains("table meta"), "{what}: {detail}")
+            }
+            e => panic!("{what}: expected Corrupt, got {e}"),
+        };
+
+    let path = dir.file("v0.redb");
+    store_with_batches(&path, 1);
+    set(&path, META_VERSION, &0u32.to_be_bytes());
+    expect_corrupt(&path, "version 0");
+
+    // Version 2 totals must carry the cursor count.
+    let path = dir.file("short.redb");
+    store_with_batches(&path, 1);
+    let (_, stats) = raw_meta(&path);
+    set(&path, META_STATS, &stats[..48]);
+    expect_corrupt(&path, "version 2 with version 1 totals");
+
+    // Version 1 totals must not.
+    let path = dir.file("long.redb");
+    {
+        let mut store = RedbStore::open(&path, fast(StoreLimits::default())).expect("open");
+        store.apply(&workload_batch_v1(1)).expect("apply");
+        store.close().expect("close");
+    }
+    downgrade_to_v1(&path);
+    let (_, stats) = raw_meta(&path);
+    let mut long = stats.clone();
+    long.extend_from_slice(&[0; 8]);
+    set(&path, META_STATS, &long);
+    expect_corrupt(&path, "version 1 with version 2 totals");
+
+    // A version 1 store cannot already have cursors.
+    set(&path, META_STATS, &stats);
+    {
+        let db = Database::open(&path).expect("raw open");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(CURSORS).expect("cursors");
+        txn.commit().expect("commit");
+    }
+    expect_corrupt(&path, "version 1 with a cursors table");
+}
+
 #[test]
 fn store_redb_foreign_database_is_refused() {
     let dir = TempDir::new("foreign");
@@ -632,6 +812,11 @@ fn kill_9_cycles(fsync: &str, cycles: u32, durable: bool) {
         let store = RedbStore::open(&path, RedbOptions::default()).expect("reopen after kill -9");
         let snap = store.load().expect("load after kill -9");
         let k = progress(&snap);
+        assert_eq!(
+            snap.cursors.get("outbox/0").copied().unwrap_or(0),
+            k,
+            "cycle {cycle}: the cursor moved with its batch"
+        );
         if durable {
             assert!(
                 k >= acked,
