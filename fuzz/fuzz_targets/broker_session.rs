@@ -137,6 +137,7 @@ fuzz_target!(|data: &[u8]| {
                     closed.insert(conn);
                 }
                 Output::Authenticate(..) => unreachable!("authentication is not required here"),
+                Output::Injected { .. } => unreachable!("nothing is injected here"),
             }
         }
     }

@@ -44,6 +44,10 @@ impl Broker {
         } else {
             connect.client_id.clone()
         };
+        if super::bridge::is_bridge_client_id(&client_id) {
+            tracing::info!(?conn, %client_id, "client id reserved for bridge queues");
+            return self.refuse(conn, reason::CLIENT_IDENTIFIER_NOT_VALID, now);
+        }
 
         let mut keep_alive = connect.keep_alive;
         let mut server_keep_alive = None;

@@ -14,6 +14,9 @@
 mod access;
 #[cfg(test)]
 mod access_tests;
+mod bridge;
+#[cfg(test)]
+mod bridge_tests;
 mod config;
 mod connect;
 mod connection;
@@ -34,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+pub use bridge::{Backlog, BridgeQueue, PeekLimits, BRIDGE_CLIENT_PREFIX};
 pub use config::BrokerConfig;
 pub use connection::ConnId;
 pub use outbox::StoreBatch;
@@ -74,6 +78,16 @@ pub enum Output {
     /// Flush what was sent so far, then close the connection. No further input for
     /// this connection is expected except `handle_closed`.
     Close(ConnId),
+    /// The messages of `Broker::inject` call `token` are routed and `cursor` is set,
+    /// durably if `durable`; if not, nothing of it may be acknowledged to the peer.
+    Injected {
+        /// The caller's token.
+        token: u64,
+        /// The cursor the call set (name, value).
+        cursor: (ByteString, u64),
+        /// False when the store batch failed.
+        durable: bool,
+    },
 }
 
 /// The broker: sessions, router, retained messages, will timers and `$SYS` counters.
@@ -105,6 +119,12 @@ pub struct Broker {
     congested: std::collections::HashSet<SessionId>,
     /// Scratch space for `Router::route`, kept to avoid an allocation per message.
     route_buf: Vec<Route<SessionId>>,
+    /// Named cursors as last made durable (bridge sequences and inbound positions).
+    cursors: HashMap<ByteString, u64>,
+    /// Sessions that are bridge queues.
+    bridge_queues: Vec<SessionId>,
+    /// Some bridge queue gained visible messages (see `take_bridge_ready`).
+    bridge_ready: bool,
 }
 
 impl Broker {
@@ -132,6 +152,9 @@ impl Broker {
             store_nearly_full: false,
             congested: std::collections::HashSet::new(),
             route_buf: Vec::new(),
+            cursors: HashMap::new(),
+            bridge_queues: Vec::new(),
+            bridge_ready: false,
         }
     }
 
@@ -289,7 +312,10 @@ impl Broker {
             match &output {
                 Output::Send(conn, _) | Output::Authenticate(conn, _)
                     if !self.conns.contains_key(conn) => {}
-                _ => return Some(output),
+                _ => {
+                    self.injected(&output);
+                    return Some(output);
+                }
             }
         }
     }

@@ -59,6 +59,11 @@ impl Outbox {
         self.persistent
     }
 
+    /// The number of the batch that ops recorded now will belong to.
+    pub(super) fn open_batch(&self) -> u64 {
+        self.open_batch
+    }
+
     pub(super) fn push(&mut self, output: Output) {
         let must_wait = !self.ops.is_empty() || self.committed + 1 < self.open_batch;
         if self.persistent && must_wait {

@@ -119,6 +119,7 @@ impl Broker {
         self.outbox.enable_persistence();
         self.persistence.anchor = Some((now, now_unix_ms));
         self.persistence.next_message_id = snapshot.next_message_id().0;
+        self.cursors = snapshot.cursors.into_iter().collect();
         let messages: HashMap<MessageId, Arc<Message>> = snapshot
             .messages
             .iter()
@@ -208,6 +209,7 @@ impl Broker {
     /// them (acknowledgements first of all) become available from `poll_output`.
     pub fn handle_store_committed(&mut self, id: u64) {
         self.outbox.committed(id);
+        self.bridge_committed(id);
     }
 
     /// Batch `id` could not be applied (nothing of it was stored). The
@@ -228,6 +230,11 @@ impl Broker {
                         refused.push(conn);
                     }
                 }
+                Output::Injected { token, cursor, .. } => self.outbox.push(Output::Injected {
+                    token,
+                    cursor,
+                    durable: false,
+                }),
                 other => self.outbox.push(other),
             }
         }

@@ -166,12 +166,11 @@ impl Broker {
         let mut routes = std::mem::take(&mut self.route_buf);
         routes.clear();
         self.router.route(&publish.topic, &mut routes);
+        // Bridge queues store whatever they forward, QoS 0 included.
         let stores = routes.iter().any(|r| {
-            r.subscription.options.qos != QoS::AtMostOnce
-                && self
-                    .sessions
-                    .get(&r.subscriber)
-                    .is_some_and(|s| s.persisted)
+            self.sessions.get(&r.subscriber).is_some_and(|s| {
+                s.persisted && (r.subscription.options.qos != QoS::AtMostOnce || s.bridge.is_some())
+            })
         });
         self.route_buf = routes;
         stores
@@ -248,6 +247,9 @@ impl Broker {
         let Some(session) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if session.bridge.is_some() {
+            return self.enqueue_bridge(sid, d, now);
+        }
         let conn = session
             .conn
             .and_then(|id| Some((id, self.conns.get_mut(&id)?)));

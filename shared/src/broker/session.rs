@@ -105,6 +105,8 @@ pub(crate) struct Session {
     /// When the client last acknowledged a delivery (or connected).
     pub(crate) last_progress: Option<Instant>,
     pub(crate) next_packet_id: u16,
+    /// Set when the session is a bridge queue (boxed: few sessions are).
+    pub(crate) bridge: Option<Box<super::bridge::BridgeState>>,
 }
 
 impl Session {
@@ -127,6 +129,7 @@ impl Session {
             next_seq: 0,
             last_progress: None,
             next_packet_id: 0,
+            bridge: None,
         }
     }
 

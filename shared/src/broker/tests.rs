@@ -23,6 +23,8 @@ pub(super) struct Harness {
     pub(super) store: Option<MemoryStore>,
     inbox: HashMap<ConnId, Vec<Packet>>,
     closed: Vec<ConnId>,
+    /// `Output::Injected` seen, as `(token, durable)`.
+    pub(super) injected: Vec<(u64, bool)>,
 }
 
 impl Harness {
@@ -41,6 +43,7 @@ impl Harness {
             store: None,
             inbox: HashMap::new(),
             closed: Vec::new(),
+            injected: Vec::new(),
         }
     }
 
@@ -59,10 +62,11 @@ impl Harness {
             store: Some(store),
             inbox: HashMap::new(),
             closed: Vec::new(),
+            injected: Vec::new(),
         }
     }
 
-    fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         if let Some(store) = &mut self.store {
             while let Some(batch) = self.broker.poll_store_batch() {
                 store.apply(&batch.ops).expect("batch applies");
@@ -77,6 +81,7 @@ impl Harness {
                 }
                 Output::Close(c) => self.closed.push(c),
                 Output::Authenticate(c, _) => panic!("authentication asked for {c:?}"),
+                Output::Injected { token, durable, .. } => self.injected.push((token, durable)),
             }
         }
     }
