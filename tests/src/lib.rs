@@ -27,6 +27,7 @@
 //! The library uses only `std`, `tokio` and `bytes`; the third-party MQTT clients
 //! (rumqttc) are dev-dependencies and wrapped in `tests/tests/common/mod.rs`.
 
+pub mod relay;
 use std::fs::File;
 use std::io;
 use std::io::Write as _;
