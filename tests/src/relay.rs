@@ -7,8 +7,8 @@
 //!
 //! * [`Relay::udp`] (for QUIC) gives every client source address its own upstream socket,
 //!   like a NAT, and delays, jitters, drops, reorders and rate-limits single datagrams. A
-//!   capped link has a bounded router queue ([`Impairment::queue_bytes`]): a datagram that
-//!   does not fit is dropped.
+//!   capped link has a bounded router queue ([`QUEUE_BYTES`]): a datagram that does not
+//!   fit is dropped.
 //! * [`Relay::tcp`] (for the TLS-over-TCP fallback) copies each connection both ways with
 //!   delay, jitter and a rate cap. Loss and reordering do not apply to a byte stream; the
 //!   bytes keep their order and a full router queue pauses reading instead of dropping.
@@ -47,8 +47,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
 
-/// Default size of the router queue in front of a rate-capped link.
-pub const DEFAULT_QUEUE_BYTES: usize = 256 * 1024;
+/// Size of the router queue in front of a rate-capped link: a UDP datagram that does not
+/// fit is dropped, a TCP reader waits.
+pub const QUEUE_BYTES: usize = 256 * 1024;
 
 /// Largest UDP datagram the relay forwards.
 const MAX_DATAGRAM: usize = 65_536;
@@ -69,7 +70,7 @@ const PORT_ATTEMPTS: usize = 20;
 /// How a relay impairs the link; the same settings apply to each direction independently.
 ///
 /// `Impairment::default()` is a perfect link: everything is forwarded at once.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Impairment {
     /// One-way delay added in each direction (the round trip grows by twice this).
     pub delay: Duration,
@@ -81,28 +82,11 @@ pub struct Impairment {
     /// Probability (0 to 1) that a datagram is held back by an extra delay drawn from
     /// `[h/2, h]`, `h = max(delay + jitter, 10 ms)`, so that later ones overtake it (UDP only).
     pub reorder: f64,
-    /// Link rate per direction in bits per second (serialization delay); `None` or `Some(0)`
-    /// for no cap.
+    /// Link rate per direction in bits per second (serialization delay, with a queue of
+    /// [`QUEUE_BYTES`]); `None` or `Some(0)` for no cap.
     pub rate_bits_per_sec: Option<u64>,
-    /// Bytes the router queue in front of a capped link holds: a UDP datagram that does not
-    /// fit is dropped, a TCP reader waits.
-    pub queue_bytes: usize,
     /// Seed of every random decision.
     pub seed: u64,
-}
-
-impl Default for Impairment {
-    fn default() -> Self {
-        Impairment {
-            delay: Duration::ZERO,
-            jitter: Duration::ZERO,
-            loss: 0.0,
-            reorder: 0.0,
-            rate_bits_per_sec: None,
-            queue_bytes: DEFAULT_QUEUE_BYTES,
-            seed: 0,
-        }
-    }
 }
 
 impl Impairment {
@@ -566,7 +550,7 @@ impl Shaper {
         let mut departure = now;
         if let Some(rate) = imp.rate() {
             let start = self.link_free_at.max(now);
-            if bytes_in(start - now, rate).saturating_add(len) > imp.queue_bytes {
+            if bytes_in(start - now, rate).saturating_add(len) > QUEUE_BYTES {
                 Counters::bump(&counters.dropped_queue, 1);
                 return None;
             }
@@ -609,7 +593,7 @@ impl Shaper {
         self.refresh();
         let rate = self.impairment.rate()?;
         let queued = self.link_free_at.saturating_duration_since(now);
-        let room = serialization(self.impairment.queue_bytes, rate);
+        let room = serialization(QUEUE_BYTES, rate);
         queued.checked_sub(room).filter(|d| !d.is_zero())
     }
 
@@ -886,11 +870,16 @@ impl Stop {
         self.abort.send_replace(true);
     }
 
+    /// Whether the connection must stop, from the current values (not the notifications).
+    fn stopped(&mut self) -> bool {
+        let c = *self.ctrl.borrow_and_update();
+        c.shutdown || c.cut != self.generation || *self.aborted.borrow_and_update()
+    }
+
     /// Resolves when the connection must stop (cancel-safe).
     async fn wait(&mut self) {
         loop {
-            let c = *self.ctrl.borrow_and_update();
-            if c.shutdown || c.cut != self.generation || *self.aborted.borrow_and_update() {
+            if self.stopped() {
                 return;
             }
             tokio::select! {
@@ -901,12 +890,20 @@ impl Stop {
     }
 
     /// Runs `f` unless the connection must stop first (`None`). Stopping wins when both
-    /// are ready: a writer whose reader was stopped must reset, not pass on an end of stream.
+    /// happen: a writer whose reader was stopped must reset, not pass on an end of stream.
+    /// (The watch wakes its waiters one after another, so the reader may have seen a cut,
+    /// and closed the channel, before this task's notification arrives: hence the check of
+    /// the current values after `f`.)
     async fn or_stop<F: Future>(&mut self, f: F) -> Option<F::Output> {
-        tokio::select! {
+        let out = tokio::select! {
             biased;
-            () = self.wait() => None,
-            out = f => Some(out),
+            () = self.wait() => return None,
+            out = f => out,
+        };
+        if self.stopped() {
+            None
+        } else {
+            Some(out)
         }
     }
 }
