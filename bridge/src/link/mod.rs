@@ -19,9 +19,6 @@
 //! and window room always sends first; a byte-rate bucket limits the whole link and a
 //! message-rate bucket paces each class while it replays a backlog after connecting.
 
-// Until the driver lands (next commit) only the tests use the link.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod pace;
 mod receiver;
 mod sender;
@@ -44,15 +41,23 @@ use self::sender::{clean_batch, Sender};
 /// Largest batch a sender builds, whatever the limits say.
 const MAX_BATCH_MSGS: usize = 65_536;
 
+/// How long the handshake may take: Hello to Welcome on the client, connection to
+/// Hello on the server.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Batches the client keeps while waiting for the Welcome: each lane is its own QUIC
+/// stream, so the server's first batches may overtake its Welcome.
+const MAX_EARLY_FRAMES: usize = 1_024;
+
 /// Flow limits of a link's senders (each side applies its own to what it sends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Most unacknowledged messages per class (default 10,000).
-    pub window_msgs: usize,
+    pub window_messages: usize,
     /// Most unacknowledged topic + payload bytes per class (default 16 MiB).
     pub window_bytes: usize,
     /// Most messages per batch (default 1,000; at most 65,536).
-    pub batch_msgs: usize,
+    pub batch_messages: usize,
     /// About this many topic + payload bytes per batch (default 1 MiB; a single larger
     /// message still goes alone).
     pub batch_bytes: usize,
@@ -60,24 +65,21 @@ pub struct Limits {
     pub rate_bytes_per_sec: u64,
     /// Messages per second per class while it replays a backlog after connecting,
     /// until its queue first runs empty; 0 = off (default).
-    pub replay_msgs_per_sec: u64,
+    pub replay_messages_per_sec: u64,
     /// lz4-compress batch bodies when that makes them smaller (default off).
     pub compress: bool,
-    /// How long the handshake may take (default 10 s).
-    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            window_msgs: 10_000,
+            window_messages: 10_000,
             window_bytes: 16 << 20,
-            batch_msgs: 1_000,
+            batch_messages: 1_000,
             batch_bytes: 1 << 20,
             rate_bytes_per_sec: 0,
-            replay_msgs_per_sec: 0,
+            replay_messages_per_sec: 0,
             compress: false,
-            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -256,6 +258,8 @@ pub(crate) struct Link {
     receivers: Vec<Receiver>,
     control: VecDeque<Frame>,
     events: VecDeque<Event>,
+    /// Client: batches that arrived before the Welcome.
+    early: Vec<Batch>,
     /// Byte-rate limit over all classes.
     bytes: Option<Bucket>,
     /// Replay pacing, shared by the classes replaying a backlog.
@@ -279,21 +283,22 @@ impl Link {
 
     fn new(state: State, limits: Limits, now: Instant) -> Self {
         let limits = Limits {
-            window_msgs: limits.window_msgs.max(1),
+            window_messages: limits.window_messages.max(1),
             window_bytes: limits.window_bytes.max(1),
-            batch_msgs: limits.batch_msgs.clamp(1, MAX_BATCH_MSGS),
+            batch_messages: limits.batch_messages.clamp(1, MAX_BATCH_MSGS),
             batch_bytes: limits.batch_bytes.max(1),
             ..limits
         };
         Link {
             state,
-            deadline: now + limits.handshake_timeout,
+            deadline: now + HANDSHAKE_TIMEOUT,
             limits,
             hello: None,
             senders: Vec::new(),
             receivers: Vec::new(),
             control: VecDeque::new(),
             events: VecDeque::new(),
+            early: Vec::new(),
             bytes: None,
             replay: None,
         }
@@ -305,6 +310,7 @@ impl Link {
     }
 
     /// True once the link has ended (events may still be queued).
+    #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
@@ -346,6 +352,9 @@ impl Link {
             (State::AwaitWelcome, Frame::Welcome(w)) => self.on_welcome(w, now),
             (State::AwaitWelcome, Frame::Refuse { reason }) => {
                 self.close(LinkError::Refused(reason))
+            }
+            (State::AwaitWelcome, Frame::Batch(b)) if self.early.len() < MAX_EARLY_FRAMES => {
+                self.early.push(b);
             }
             (State::Open, Frame::Batch(b)) => self.on_batch(b),
             (State::Open, Frame::Ack { class, up_to }) => self.on_ack(class, up_to),
@@ -489,7 +498,7 @@ impl Link {
                 continue;
             }
             let (room_msgs, room_bytes) = self.room(c);
-            let mut max_msgs = room_msgs.min(self.limits.batch_msgs);
+            let mut max_msgs = room_msgs.min(self.limits.batch_messages);
             let mut max_bytes = room_bytes.min(self.limits.batch_bytes);
             if let Some(b) = &self.bytes {
                 // A batch never puts the link more than one burst into debt, so a
@@ -544,7 +553,7 @@ impl Link {
     }
 
     fn room(&self, c: usize) -> (usize, usize) {
-        self.senders[c].room(self.limits.window_msgs, self.limits.window_bytes)
+        self.senders[c].room(self.limits.window_messages, self.limits.window_bytes)
     }
 
     fn has_room(&self, c: usize) -> bool {
@@ -556,7 +565,7 @@ impl Link {
     /// one burst (so batches stay large at low rates without exceeding the rate).
     fn replay_want(&self, c: usize, bucket: &Bucket) -> u64 {
         let (room, _) = self.room(c);
-        (room.min(self.limits.batch_msgs) as u64)
+        (room.min(self.limits.batch_messages) as u64)
             .min(bucket.burst())
             .max(1)
     }
@@ -601,6 +610,11 @@ impl Link {
         }
         let mine = hello.delivered.clone();
         self.open(&welcome.delivered, &mine, now);
+        for batch in std::mem::take(&mut self.early) {
+            if self.state == State::Open {
+                self.on_batch(batch);
+            }
+        }
     }
 
     /// Starts the senders after `peer_delivered` and the receivers at
@@ -612,8 +626,8 @@ impl Link {
             let rate = self.limits.rate_bytes_per_sec;
             self.bytes = Some(Bucket::new(rate, (rate / 4).max(1), now));
         }
-        if self.limits.replay_msgs_per_sec > 0 {
-            let rate = self.limits.replay_msgs_per_sec;
+        if self.limits.replay_messages_per_sec > 0 {
+            let rate = self.limits.replay_messages_per_sec;
             self.replay = Some(Bucket::new(rate, (rate / 10).max(1), now));
         }
         self.state = State::Open;

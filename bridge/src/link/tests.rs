@@ -396,7 +396,7 @@ impl Pair {
 
 fn limits() -> Limits {
     Limits {
-        batch_msgs: 50,
+        batch_messages: 50,
         ..Limits::default()
     }
 }
@@ -579,8 +579,8 @@ fn resent_batches_are_deduplicated() {
 #[test]
 fn window_limits_unacked_messages_and_bytes() {
     let mut p = Pair::new(Limits {
-        window_msgs: 25,
-        batch_msgs: 10,
+        window_messages: 25,
+        batch_messages: 10,
         ..Limits::default()
     });
     p.cloud.durable = false;
@@ -698,7 +698,7 @@ fn byte_rate_is_respected_on_virtual_time() {
 fn replay_is_paced_and_live_traffic_after_it_is_not() {
     let rate = 100u64;
     let mut p = Pair::new(Limits {
-        replay_msgs_per_sec: rate,
+        replay_messages_per_sec: rate,
         ..limits()
     });
     p.edge.publish(2, 1_000);
@@ -780,13 +780,12 @@ fn invalid_or_newer_hello_is_refused_with_a_reason() {
 
 #[test]
 fn handshake_times_out() {
-    let mut p = Pair::new(Limits {
-        handshake_timeout: Duration::from_secs(3),
-        ..limits()
-    });
+    let mut p = Pair::new(limits());
     // The server never answers (its Hello is lost).
     p.latency = Duration::from_secs(3600);
-    p.run_until(p.t0 + Duration::from_secs(10));
+    p.run_until(p.t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(1));
+    assert!(p.closed.is_empty());
+    p.run_until(p.t0 + HANDSHAKE_TIMEOUT);
     assert!(p
         .closed
         .iter()
@@ -829,10 +828,10 @@ fn protocol_violations_close_the_link() {
         Some(Event::Closed(LinkError::Frame(_)))
     ));
     let mut c = Link::client(hello(&[0, 0, 0]), limits(), now);
-    c.handle_frame(1, batch(0, [1]), now);
+    c.handle_frame(0, Frame::Ack { class: 0, up_to: 1 }, now);
     assert!(matches!(
         c.poll_event(),
-        Some(Event::Closed(LinkError::Unexpected { frame: "Batch", .. }))
+        Some(Event::Closed(LinkError::Unexpected { frame: "Ack", .. }))
     ));
     let mut c = Link::client(hello(&[0, 0, 0]), limits(), now);
     c.handle_frame(0, Frame::Welcome(Welcome { delivered: vec![1] }), now);
@@ -862,4 +861,44 @@ fn a_misbehaving_queue_cannot_make_the_link_resend() {
     s.handle_outbound_ready();
     while s.poll_transmit(now, &mut Liar).is_some() {}
     assert_eq!(s.stats(0).msgs_sent, 0);
+}
+
+#[test]
+fn batches_that_overtake_the_welcome_are_kept() {
+    let now = Instant::now();
+    let mut c = Link::client(hello(&[0, 4, 0]), limits(), now);
+    c.handle_frame(2, batch(1, [3, 5, 6]), now);
+    c.handle_frame(2, batch(1, [7]), now);
+    assert_eq!(c.poll_event(), None);
+    c.handle_frame(
+        0,
+        Frame::Welcome(Welcome {
+            delivered: vec![0, 0, 0],
+        }),
+        now,
+    );
+    assert_eq!(c.poll_event(), Some(Event::Opened));
+    let Some(Event::Deliver {
+        class: 1,
+        messages,
+        up_to: 6,
+    }) = c.poll_event()
+    else {
+        panic!("early batch not delivered")
+    };
+    assert_eq!(messages.len(), 2, "3 was delivered before");
+    assert!(matches!(
+        c.poll_event(),
+        Some(Event::Deliver { up_to: 7, .. })
+    ));
+
+    // Beyond the limit, the client gives up.
+    let mut c = Link::client(hello(&[0, 0, 0]), limits(), now);
+    for i in 0..=MAX_EARLY_FRAMES as u64 {
+        c.handle_frame(2, batch(1, [i + 1]), now);
+    }
+    assert!(matches!(
+        c.poll_event(),
+        Some(Event::Closed(LinkError::Unexpected { frame: "Batch", .. }))
+    ));
 }
