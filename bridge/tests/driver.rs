@@ -475,8 +475,8 @@ async fn server_killed_mid_stream_loses_and_duplicates_nothing() {
     // Paced both ways so the transfer lasts a few seconds and the kill lands mid-stream.
     let paced = Limits {
         rate_bytes_per_sec: 150_000,
-        window_messages: 500,
-        batch_messages: 100,
+        window_msgs: 500,
+        batch_msgs: 100,
         ..Limits::default()
     };
     let first = start_server(&pki, &ports, paced.clone()).await;

@@ -53,11 +53,11 @@ const MAX_EARLY_FRAMES: usize = 1_024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Most unacknowledged messages per class (default 10,000).
-    pub window_messages: usize,
+    pub window_msgs: usize,
     /// Most unacknowledged topic + payload bytes per class (default 16 MiB).
     pub window_bytes: usize,
     /// Most messages per batch (default 1,000; at most 65,536).
-    pub batch_messages: usize,
+    pub batch_msgs: usize,
     /// About this many topic + payload bytes per batch (default 1 MiB; a single larger
     /// message still goes alone).
     pub batch_bytes: usize,
@@ -65,7 +65,7 @@ pub struct Limits {
     pub rate_bytes_per_sec: u64,
     /// Messages per second per class while it replays a backlog after connecting,
     /// until its queue first runs empty; 0 = off (default).
-    pub replay_messages_per_sec: u64,
+    pub replay_msgs_per_sec: u64,
     /// lz4-compress batch bodies when that makes them smaller (default off).
     pub compress: bool,
 }
@@ -73,12 +73,12 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            window_messages: 10_000,
+            window_msgs: 10_000,
             window_bytes: 16 << 20,
-            batch_messages: 1_000,
+            batch_msgs: 1_000,
             batch_bytes: 1 << 20,
             rate_bytes_per_sec: 0,
-            replay_messages_per_sec: 0,
+            replay_msgs_per_sec: 0,
             compress: false,
         }
     }
@@ -283,9 +283,9 @@ impl Link {
 
     fn new(state: State, limits: Limits, now: Instant) -> Self {
         let limits = Limits {
-            window_messages: limits.window_messages.max(1),
+            window_msgs: limits.window_msgs.max(1),
             window_bytes: limits.window_bytes.max(1),
-            batch_messages: limits.batch_messages.clamp(1, MAX_BATCH_MSGS),
+            batch_msgs: limits.batch_msgs.clamp(1, MAX_BATCH_MSGS),
             batch_bytes: limits.batch_bytes.max(1),
             ..limits
         };
@@ -498,7 +498,7 @@ impl Link {
                 continue;
             }
             let (room_msgs, room_bytes) = self.room(c);
-            let mut max_msgs = room_msgs.min(self.limits.batch_messages);
+            let mut max_msgs = room_msgs.min(self.limits.batch_msgs);
             let mut max_bytes = room_bytes.min(self.limits.batch_bytes);
             if let Some(b) = &self.bytes {
                 // A batch never puts the link more than one burst into debt, so a
@@ -553,7 +553,7 @@ impl Link {
     }
 
     fn room(&self, c: usize) -> (usize, usize) {
-        self.senders[c].room(self.limits.window_messages, self.limits.window_bytes)
+        self.senders[c].room(self.limits.window_msgs, self.limits.window_bytes)
     }
 
     fn has_room(&self, c: usize) -> bool {
@@ -565,7 +565,7 @@ impl Link {
     /// one burst (so batches stay large at low rates without exceeding the rate).
     fn replay_want(&self, c: usize, bucket: &Bucket) -> u64 {
         let (room, _) = self.room(c);
-        (room.min(self.limits.batch_messages) as u64)
+        (room.min(self.limits.batch_msgs) as u64)
             .min(bucket.burst())
             .max(1)
     }
@@ -626,8 +626,8 @@ impl Link {
             let rate = self.limits.rate_bytes_per_sec;
             self.bytes = Some(Bucket::new(rate, (rate / 4).max(1), now));
         }
-        if self.limits.replay_messages_per_sec > 0 {
-            let rate = self.limits.replay_messages_per_sec;
+        if self.limits.replay_msgs_per_sec > 0 {
+            let rate = self.limits.replay_msgs_per_sec;
             self.replay = Some(Bucket::new(rate, (rate / 10).max(1), now));
         }
         self.state = State::Open;

@@ -49,9 +49,9 @@ impl Sender {
     }
 
     /// Room left in the window: `(messages, bytes)`.
-    pub(crate) fn room(&self, window_messages: usize, window_bytes: usize) -> (usize, usize) {
+    pub(crate) fn room(&self, window_msgs: usize, window_bytes: usize) -> (usize, usize) {
         (
-            window_messages.saturating_sub(self.inflight.len()),
+            window_msgs.saturating_sub(self.inflight.len()),
             window_bytes.saturating_sub(self.inflight_bytes),
         )
     }

@@ -396,7 +396,7 @@ impl Pair {
 
 fn limits() -> Limits {
     Limits {
-        batch_messages: 50,
+        batch_msgs: 50,
         ..Limits::default()
     }
 }
@@ -579,8 +579,8 @@ fn resent_batches_are_deduplicated() {
 #[test]
 fn window_limits_unacked_messages_and_bytes() {
     let mut p = Pair::new(Limits {
-        window_messages: 25,
-        batch_messages: 10,
+        window_msgs: 25,
+        batch_msgs: 10,
         ..Limits::default()
     });
     p.cloud.durable = false;
@@ -698,7 +698,7 @@ fn byte_rate_is_respected_on_virtual_time() {
 fn replay_is_paced_and_live_traffic_after_it_is_not() {
     let rate = 100u64;
     let mut p = Pair::new(Limits {
-        replay_messages_per_sec: rate,
+        replay_msgs_per_sec: rate,
         ..limits()
     });
     p.edge.publish(2, 1_000);
