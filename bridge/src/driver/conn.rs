@@ -83,8 +83,10 @@ impl Lanes {
             let lane = t.lane;
             self.writers.spawn(async move {
                 while let Some(frame) = rx.recv().await {
-                    if sender.send(lane, frame).await.is_err() {
-                        // The reader sees the same failure and ends the connection.
+                    if let Err(e) = sender.send(lane, frame).await {
+                        // Closing makes the reader end the connection, also for a
+                        // local error (a frame over the transport's limit).
+                        sender.close(&format!("cannot send on lane {lane}: {e}"));
                         break;
                     }
                 }
