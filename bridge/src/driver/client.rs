@@ -4,7 +4,8 @@
 //! the next round starts from it again). A round in which no endpoint could be reached,
 //! or a connection that ended before its handshake completed, is followed by a delay
 //! that doubles from `backoff_initial` up to `backoff_max`, with ±20 % jitter so a fleet
-//! does not reconnect in step; a connection that opened resets the delay.
+//! does not reconnect in step; a connection that stayed open for a few seconds resets
+//! the delay.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,10 @@ use crate::frame::{Hello, PROTOCOL_VERSION};
 use crate::link::{Link, LinkError};
 use crate::port::Port;
 use crate::transport;
+
+/// A connection that stayed up this long resets the backoff; one that opens and
+/// fails sooner (a cloud store refusing deliveries, a flapping path) keeps backing off.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// Runs the gateway side of the bridge until `shutdown` becomes true (or its sender
 /// is dropped), keeping `status` up to date.
@@ -68,8 +73,9 @@ pub async fn run_client(
                 Arc::clone(&status),
                 format!("cloud {name}"),
             );
+            let started = tokio::time::Instant::now();
             let (end, opened) = conn.run(&mut shutdown, None).await;
-            if opened {
+            if opened && started.elapsed() >= STABLE_AFTER {
                 backoff.reset();
             }
             match &end {
