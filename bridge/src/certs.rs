@@ -216,6 +216,16 @@ pub fn init(dir: &Path, server_names: &[String]) -> Result<CertPaths, CertError>
 /// into `dir/gateways/`. Refuses if the gateway already has a certificate that is not
 /// revoked.
 pub fn issue_gateway(dir: &Path, gateway_id: &str) -> Result<GatewayCert, CertError> {
+    issue(dir, gateway_id, None)
+}
+
+/// [`issue_gateway`], valid from `validity.0` to `validity.1` if given (tests make
+/// expired certificates with it).
+fn issue(
+    dir: &Path,
+    gateway_id: &str,
+    validity: Option<(ASN1Time, ASN1Time)>,
+) -> Result<GatewayCert, CertError> {
     check_gateway_id(gateway_id)?;
     let paths = CertPaths::new(dir);
     let ca_key = load_ca_key(&paths)?;
@@ -249,8 +259,10 @@ pub fn issue_gateway(dir: &Path, gateway_id: &str) -> Result<GatewayCert, CertEr
         .push(DnType::CommonName, gateway_id);
     let serial = random_serial();
     params.serial_number = Some(serial.clone());
-    params.not_before = now - BACKDATE;
-    params.not_after = now + LEAF_VALIDITY;
+    (params.not_before, params.not_after) = match validity {
+        Some((from, until)) => (from.to_datetime(), until.to_datetime()),
+        None => (now - BACKDATE, now + LEAF_VALIDITY),
+    };
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
@@ -513,4 +525,65 @@ fn write_replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertErro
     let _ = fs::remove_file(&tmp);
     write_new(&tmp, contents, mode)?;
     fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{
+        connect, Acceptor, ClientTls, Endpoint, ServerTls, TransportError, TransportMode,
+    };
+
+    /// An expired gateway certificate is refused, with "expired" in both sides' errors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_gateway_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-bridge-certs-expired-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let paths = init(&dir, &[]).unwrap();
+        let day = 86_400;
+        let now = ASN1Time::now().timestamp();
+        let old = issue(
+            &dir,
+            "gw-old",
+            Some((
+                ASN1Time::from_timestamp(now - 30 * day).unwrap(),
+                ASN1Time::from_timestamp(now - day).unwrap(),
+            )),
+        )
+        .unwrap();
+        let server = ServerTls::load(
+            &paths.ca_cert,
+            &paths.server_cert,
+            &paths.server_key,
+            Some(&paths.crl),
+        )
+        .unwrap();
+        let acceptor = Acceptor::bind("127.0.0.1:0".parse().unwrap(), server)
+            .await
+            .unwrap();
+        let client = ClientTls::load(&paths.ca_cert, &old.cert, &old.key).unwrap();
+        let endpoint = Endpoint {
+            host: "localhost".into(),
+            port: acceptor.local_addr().port(),
+        };
+        for mode in [TransportMode::Quic, TransportMode::Tcp] {
+            let result = connect(&endpoint, &client, mode, Duration::from_secs(5)).await;
+            match result {
+                Err(TransportError::CertificateRefused { reason }) => {
+                    assert!(reason.contains("expired"), "{mode:?}: {reason}")
+                }
+                other => panic!("{mode:?}: expected CertificateRefused, got {other:?}"),
+            }
+            match acceptor.accept().await {
+                Some(Err(TransportError::GatewayCertificateRefused { reason, .. })) => {
+                    assert!(reason.contains("expired"), "{mode:?}: {reason}")
+                }
+                other => panic!("{mode:?}: expected GatewayCertificateRefused, got {other:?}"),
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

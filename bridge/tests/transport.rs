@@ -7,13 +7,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tern_bridge::certs;
 use tern_bridge::transport::{
     connect, Acceptor, Channel, ClientTls, Endpoint, ServerTls, TransportError, TransportKind,
-    TransportMode, MAX_FRAME,
+    TransportMode, IDLE_TIMEOUT, KEEP_ALIVE, MAX_FRAME, MAX_LANES,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,6 +151,21 @@ async fn lanes_both_ways(mode: TransportMode) {
         next[usize::from(lane)] += 1;
     }
     assert_eq!((next[0], next[5]), (20, 20));
+
+    // Lanes are limited.
+    assert!(matches!(
+        client.sender.send(MAX_LANES, frame(0, 0)).await,
+        Err(TransportError::LaneOutOfRange { .. })
+    ));
+    client
+        .sender
+        .send(MAX_LANES - 1, frame(MAX_LANES - 1, 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.receiver.recv().await.unwrap(),
+        (MAX_LANES - 1, frame(MAX_LANES - 1, 0))
+    );
 
     // An empty frame is a frame.
     client.sender.send(2, Bytes::new()).await.unwrap();
@@ -566,4 +585,127 @@ fn certs_files_and_refusals() {
         Some(&paths.crl),
     )
     .unwrap();
+}
+
+/// A UDP relay from a local port to `target` that drops everything once `cut` is set.
+async fn udp_relay(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+    let front = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(target).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut client = None;
+        let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut up) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    if !cut.load(Ordering::Relaxed) {
+                        let _ = back.send(&up[..n]).await;
+                    }
+                }
+                r = back.recv(&mut down) => {
+                    let Ok(n) = r else { return };
+                    if let (Some(c), false) = (client, cut.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&down[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// A TCP relay from a local port to `target` that swallows all bytes once `cut` is set
+/// (the connections stay open: a blackhole, not a reset).
+async fn tcp_relay(target: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: Arc<AtomicBool>,
+    ) {
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            if !cut.load(Ordering::Relaxed) && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (ir, iw) = inbound.into_split();
+            let (or, ow) = outbound.into_split();
+            tokio::spawn(pipe(ir, ow, cut.clone()));
+            tokio::spawn(pipe(or, iw, cut.clone()));
+        }
+    });
+    addr
+}
+
+/// A blackholed link is declared lost on both sides after the idle timeout (QUIC:
+/// quinn's keep-alive and idle timeout; TCP: our pings and read timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_is_detected_on_both_sides() {
+    let pki = Pki::new("blackhole", &[]);
+    let acceptor = acceptor(&pki).await;
+    let tls = pki.client_tls("gw-1", &pki);
+    let cut = Arc::new(AtomicBool::new(false));
+    let udp = udp_relay(acceptor.local_addr(), cut.clone()).await;
+    let tcp = tcp_relay(acceptor.local_addr(), cut.clone()).await;
+    let mut pairs = Vec::new();
+    for (mode, port) in [
+        (TransportMode::Quic, udp.port()),
+        (TransportMode::Tcp, tcp.port()),
+    ] {
+        let ep = Endpoint {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let (client, server) = tokio::join!(connect(&ep, &tls, mode, TIMEOUT), acceptor.accept());
+        let mut client = client.unwrap();
+        let mut server = server.unwrap().unwrap();
+        client.sender.send(1, frame(1, 0)).await.unwrap();
+        assert_eq!(server.receiver.recv().await.unwrap(), (1, frame(1, 0)));
+        server.sender.send(1, frame(1, 1)).await.unwrap();
+        assert_eq!(client.receiver.recv().await.unwrap(), (1, frame(1, 1)));
+        pairs.push((mode, client, server));
+    }
+    // Quiet but healthy for longer than the keep-alive interval: still up.
+    tokio::time::sleep(KEEP_ALIVE + Duration::from_secs(2)).await;
+    for (_, client, server) in &mut pairs {
+        client.sender.send(2, frame(2, 0)).await.unwrap();
+        assert_eq!(server.receiver.recv().await.unwrap(), (2, frame(2, 0)));
+    }
+    cut.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    let waits = pairs.into_iter().flat_map(|(mode, client, server)| {
+        [(mode, "client", client), (mode, "server", server)].map(|(mode, side, mut channel)| {
+            async move {
+                // The sender stays alive: dropping it would close the connection.
+                let _sender = channel.sender;
+                let e = tokio::time::timeout(IDLE_TIMEOUT * 2, channel.receiver.recv())
+                    .await
+                    .unwrap_or_else(|_| panic!("{mode:?} {side}: blackhole not detected"))
+                    .unwrap_err();
+                println!("{mode:?} {side}: {e} after {:?}", start.elapsed());
+                assert!(matches!(e, TransportError::Lost { .. }), "{e:?}");
+            }
+        })
+    });
+    futures_join_all(waits.collect()).await;
+}
+
+/// Awaits all futures (no futures crate in the dev-dependencies).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: Vec<F>) {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for handle in handles {
+        handle.await.unwrap();
+    }
 }

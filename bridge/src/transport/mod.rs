@@ -20,9 +20,10 @@
 //!   (sent after [`KEEP_ALIVE`] of silence) and close (with a reason). A reader that hears
 //!   nothing for [`IDLE_TIMEOUT`] declares the connection lost, as QUIC does.
 //!
-//! Frames are at most [`MAX_FRAME`] bytes. The acceptor binds UDP and TCP on the same
-//! port number; [`connect`] in [`TransportMode::Auto`] tries QUIC first and falls back to
-//! TCP when the QUIC handshake gets no answer.
+//! Frames are at most [`MAX_FRAME`] bytes, lanes below [`MAX_LANES`]; each inbound lane
+//! buffers a few MiB at most before pushing back. The acceptor binds UDP and TCP on the
+//! same port number; [`connect`] in [`TransportMode::Auto`] tries QUIC first and falls
+//! back to TCP when the QUIC handshake gets no answer.
 //!
 //! A refused certificate is logged (`tracing::warn!`) on the side that detected it and
 //! returned as a [`TransportError`] naming the reason (unknown CA, revoked, expired, wrong
@@ -52,6 +53,8 @@ pub use tls::{ClientTls, ServerTls, TlsError};
 pub const ALPN: &[u8] = b"tern-bridge/1";
 /// The largest frame either side sends or accepts, in bytes.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Lanes per channel: lane 0 (control) and up to `MAX_LANES - 1` priority classes.
+pub const MAX_LANES: u8 = 32;
 /// The default bridge port (UDP for QUIC, TCP for the fallback).
 pub const DEFAULT_PORT: u16 = 7883;
 /// Interval of keep-alive packets (QUIC) or pings (TCP) on an idle connection.
@@ -235,6 +238,9 @@ impl ChannelSender {
         if frame.len() > MAX_FRAME {
             return Err(TransportError::FrameTooLarge { len: frame.len() });
         }
+        if lane >= MAX_LANES {
+            return Err(TransportError::LaneOutOfRange { lane });
+        }
         match &self.inner {
             SenderInner::Quic(s) => s.send(lane, frame).await,
             SenderInner::Tcp(s) => s.send(lane, frame).await,
@@ -371,6 +377,12 @@ pub enum TransportError {
     Protocol {
         /// What was wrong.
         reason: String,
+    },
+    /// A lane at or above [`MAX_LANES`] was given to `send`.
+    #[error("lane {lane} is beyond the limit of {MAX_LANES} lanes")]
+    LaneOutOfRange {
+        /// The lane.
+        lane: u8,
     },
     /// A frame larger than [`MAX_FRAME`] was given to `send`.
     #[error("frame of {len} bytes exceeds the limit of {MAX_FRAME} bytes")]

@@ -13,11 +13,11 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use super::lanes::{self, InboxTx};
+use super::lanes::{self, InboxTx, LaneTx};
 use super::tls::{self, TlsFailure};
 use super::{
     Channel, ClientTls, Endpoint, Peer, SenderInner, ServerTls, TransportError, TransportKind,
-    IDLE_TIMEOUT, KEEP_ALIVE, MAX_FRAME, SERVER_HANDSHAKE_TIMEOUT,
+    IDLE_TIMEOUT, KEEP_ALIVE, MAX_FRAME, MAX_LANES, SERVER_HANDSHAKE_TIMEOUT,
 };
 
 /// Receive window of one stream (lane), in bytes.
@@ -497,14 +497,8 @@ fn channel(
     let (inbox, receiver) = lanes::inbox();
     let inbox = Arc::new(inbox);
     let state = Arc::new(ConnState::default());
-    if let Some(recv) = recv0 {
-        tokio::spawn(read_lane(
-            0,
-            recv,
-            inbox.lane(0),
-            conn.clone(),
-            state.clone(),
-        ));
+    if let (Some(recv), Some(tx)) = (recv0, inbox.lane(0)) {
+        tokio::spawn(read_lane(0, recv, tx, conn.clone(), state.clone()));
     }
     tokio::spawn(accept_lanes(conn.clone(), inbox, state.clone()));
     let mut lanes = vec![None; 256];
@@ -539,7 +533,12 @@ async fn accept_lanes(conn: quinn::Connection, inbox: Arc<InboxTx>, state: Arc<C
                     if recv.read_exact(&mut lane).await.is_err() {
                         return;
                     }
-                    let tx = inbox.lane(lane[0]);
+                    let Some(tx) = inbox.lane(lane[0]) else {
+                        let reason =
+                            format!("lane {} is beyond the limit of {MAX_LANES} lanes", lane[0]);
+                        state.violation(&conn, reason);
+                        return;
+                    };
                     drop(inbox);
                     read_lane(lane[0], recv, tx, conn, state).await;
                 });
@@ -556,7 +555,7 @@ async fn accept_lanes(conn: quinn::Connection, inbox: Arc<InboxTx>, state: Arc<C
 async fn read_lane(
     lane: u8,
     mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<Bytes>,
+    tx: LaneTx,
     conn: quinn::Connection,
     state: Arc<ConnState>,
 ) {
@@ -581,17 +580,47 @@ async fn read_lane(
             );
             return;
         }
-        let mut frame = vec![0u8; len];
-        match recv.read_exact(&mut frame).await {
-            Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(_)) => {
+        // Room in the lane first: what is being read counts against its budget.
+        let Some(permit) = tx.reserve(len).await else {
+            return; // the receiver is gone
+        };
+        let frame = match read_frame(&mut recv, len).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
                 state.violation(&conn, format!("truncated frame on lane {lane}"));
                 return;
             }
-            Err(ReadExactError::ReadError(_)) => return,
-        }
-        if tx.send(Bytes::from(frame)).await.is_err() {
+            Err(_) => return,
+        };
+        if !tx.send(frame, permit).await {
             return; // the receiver is gone
         }
+    }
+}
+
+/// Reads a frame of `len` bytes, the buffer growing as data arrives (a peer announcing
+/// a large frame does not get the memory before it sends the bytes); `None` if the
+/// stream ends first.
+async fn read_frame(recv: &mut quinn::RecvStream, len: usize) -> Result<Option<Bytes>, ReadError> {
+    let mut frame: Vec<u8> = Vec::new();
+    while frame.len() < len {
+        let Some(chunk) = recv.read_chunk(len - frame.len(), true).await? else {
+            return Ok(None);
+        };
+        if frame.is_empty() && chunk.bytes.len() == len {
+            return Ok(Some(chunk.bytes)); // the whole frame in one chunk: no copy
+        }
+        reserve_doubling(&mut frame, chunk.bytes.len(), len);
+        frame.extend_from_slice(&chunk.bytes);
+    }
+    Ok(Some(Bytes::from(frame)))
+}
+
+/// Makes room for `more` bytes in `buf`, doubling its capacity but never beyond `cap`.
+pub(super) fn reserve_doubling(buf: &mut Vec<u8>, more: usize, cap: usize) {
+    let need = buf.len() + more;
+    if need > buf.capacity() {
+        let target = (buf.capacity() * 2).max(need).max(4096).min(cap.max(need));
+        buf.reserve_exact(target - buf.len());
     }
 }

@@ -18,11 +18,12 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::lanes::{self, InboxTx};
+use super::lanes::{self, InboxTx, LaneTx};
 use super::tls::{self, TlsFailure};
 use super::{
     Channel, ChannelSender, ClientTls, Endpoint, Peer, SenderInner, ServerTls, TransportError,
-    TransportKind, IDLE_TIMEOUT, KEEP_ALIVE, MAX_CLOSE_REASON, MAX_FRAME, SERVER_HANDSHAKE_TIMEOUT,
+    TransportKind, IDLE_TIMEOUT, KEEP_ALIVE, MAX_CLOSE_REASON, MAX_FRAME, MAX_LANES,
+    SERVER_HANDSHAKE_TIMEOUT,
 };
 
 /// Length marker: close; the low 16 bits are the length of the reason that follows.
@@ -502,11 +503,24 @@ async fn read_idle<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<()
     Ok(())
 }
 
+/// Reads a frame of `len` bytes, the buffer growing as data arrives.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Bytes, TransportError> {
+    let mut frame: Vec<u8> = Vec::new();
+    while frame.len() < len {
+        let filled = frame.len();
+        let step = (len - filled).min(IO_BUFFER.max(filled));
+        super::quic::reserve_doubling(&mut frame, step, len);
+        frame.resize(filled + step, 0);
+        read_idle(r, &mut frame[filled..]).await?;
+    }
+    Ok(Bytes::from(frame))
+}
+
 /// Reads frames into the lane queues until the connection ends, then reports why.
 async fn read_loop<R: AsyncRead + Unpin>(read: R, shared: Arc<Shared>, inbox: InboxTx) {
     let mut stop = shared.stop.subscribe();
     let mut r = BufReader::with_capacity(IO_BUFFER, read);
-    let mut lanes: Vec<Option<mpsc::Sender<Bytes>>> = vec![None; 256];
+    let mut lanes: Vec<Option<LaneTx>> = vec![None; usize::from(MAX_LANES)];
     let body = async {
         loop {
             let mut header = [0u8; 5];
@@ -537,11 +551,24 @@ async fn read_loop<R: AsyncRead + Unpin>(read: R, shared: Arc<Shared>, inbox: In
                     ),
                 });
             }
-            let mut frame = vec![0u8; len];
-            read_idle(&mut r, &mut frame).await?;
-            let tx = lanes[usize::from(lane)].get_or_insert_with(|| inbox.lane(lane));
+            let Some(slot) = lanes.get_mut(usize::from(lane)) else {
+                return Err(TransportError::Protocol {
+                    reason: format!("lane {lane} is beyond the limit of {MAX_LANES} lanes"),
+                });
+            };
+            let tx = match slot {
+                Some(tx) => tx,
+                None => slot.insert(inbox.lane(lane).ok_or_else(|| TransportError::Protocol {
+                    reason: format!("lane {lane} is beyond the limit of {MAX_LANES} lanes"),
+                })?),
+            };
+            // Room in the lane first: what is being read counts against its budget.
+            let permit = tx.reserve(len).await;
+            let frame = read_frame(&mut r, len).await?;
             // A dropped receiver discards frames; keep reading so the link stays sane.
-            let _ = tx.send(Bytes::from(frame)).await;
+            if let Some(permit) = permit {
+                tx.send(frame, permit).await;
+            }
         }
     };
     let error = tokio::select! {

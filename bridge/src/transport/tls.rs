@@ -326,7 +326,11 @@ pub(super) fn classify_quic(alert: u8, local: bool, detail: &str) -> TlsFailure 
     if !is_certificate_alert(alert) {
         return TlsFailure::Other(format!("{} ({detail})", describe_alert(alert)));
     }
-    let words = describe_alert(alert);
+    let mut words = describe_alert(alert);
+    if detail.contains("not valid for name") {
+        // rustls sends a generic alert (bad_certificate) for this one.
+        words = "certificate not valid for this server name".to_owned();
+    }
     if local {
         // rustls' message names the precise check (e.g. the expiry dates).
         TlsFailure::PeerCertificate(format!("{words} ({detail})"))
