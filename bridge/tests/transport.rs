@@ -709,3 +709,42 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
         handle.await.unwrap();
     }
 }
+
+/// A frame sent just before `close` reaches the peer before the close does (a Refuse
+/// followed by a close is read as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_before_close_arrive_first() {
+    for mode in [TransportMode::Quic, TransportMode::Tcp] {
+        let pki = Pki::new("close", &[]);
+        let acceptor = acceptor(&pki).await;
+        for _ in 0..5 {
+            let (mut client, server) = pair(&pki, &acceptor, mode).await;
+            server
+                .sender
+                .send(0, Bytes::from_static(b"refuse"))
+                .await
+                .unwrap();
+            server
+                .sender
+                .send(3, Bytes::from(vec![1u8; 100_000]))
+                .await
+                .unwrap();
+            server.sender.close("refused");
+            let mut got = Vec::new();
+            let end = loop {
+                match client.receiver.recv().await {
+                    Ok((lane, f)) => got.push((lane, f.len())),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(got, vec![(0, 6), (3, 100_000)], "{mode:?}");
+            assert_eq!(
+                end,
+                TransportError::Closed {
+                    reason: "refused".into()
+                },
+                "{mode:?}"
+            );
+        }
+    }
+}

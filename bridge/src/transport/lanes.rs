@@ -35,10 +35,10 @@ impl LaneTx {
     pub(super) async fn reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         // LANE_INBOX_BYTES fits in u32.
         let permits = len.min(LANE_INBOX_BYTES) as u32;
-        if self.tx.is_closed() {
-            return None;
+        tokio::select! {
+            permit = self.budget.clone().acquire_many_owned(permits) => permit.ok(),
+            () = self.tx.closed() => None,
         }
-        self.budget.clone().acquire_many_owned(permits).await.ok()
     }
 
     /// Queues `frame` with its reservation; false if the receiver is gone.
@@ -226,6 +226,25 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "the budget is spent");
         rx.recv().await.unwrap();
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_receiver_frees_a_waiting_reader() {
+        let (tx, rx) = inbox();
+        let lane = tx.lane(2).unwrap();
+        let big = lane.reserve(LANE_INBOX_BYTES).await.unwrap();
+        assert!(lane.send(Bytes::new(), big).await);
+        // Either the wait ends with None, or (the drop released the budget too) the
+        // frame cannot be queued: the reader stops either way.
+        let waiting = tokio::spawn(async move {
+            match lane.reserve(1).await {
+                None => true,
+                Some(permit) => !lane.send(Bytes::new(), permit).await,
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        drop(rx);
         assert!(waiting.await.unwrap());
     }
 }

@@ -497,10 +497,7 @@ fn channel(
     let (inbox, receiver) = lanes::inbox();
     let inbox = Arc::new(inbox);
     let state = Arc::new(ConnState::default());
-    if let (Some(recv), Some(tx)) = (recv0, inbox.lane(0)) {
-        tokio::spawn(read_lane(0, recv, tx, conn.clone(), state.clone()));
-    }
-    tokio::spawn(accept_lanes(conn.clone(), inbox, state.clone()));
+    tokio::spawn(accept_lanes(conn.clone(), inbox, state.clone(), recv0));
     let mut lanes = vec![None; 256];
     if let Some(send) = send0 {
         lanes[0] = Some(Arc::new(tokio::sync::Mutex::new(Some(send))));
@@ -520,33 +517,52 @@ fn channel(
     }
 }
 
-/// Accepts the peer's lane streams until the connection ends, then reports why.
-async fn accept_lanes(conn: quinn::Connection, inbox: Arc<InboxTx>, state: Arc<ConnState>) {
+/// Accepts the peer's lane streams (`recv0`: its lane-0 stream, already accepted) until
+/// the connection ends, then reports why, once every lane reader has queued what it had
+/// (frames sent before a close arrive before the close).
+async fn accept_lanes(
+    conn: quinn::Connection,
+    inbox: Arc<InboxTx>,
+    state: Arc<ConnState>,
+    recv0: Option<quinn::RecvStream>,
+) {
+    let mut readers = tokio::task::JoinSet::new();
+    if let (Some(recv), Some(tx)) = (recv0, inbox.lane(0)) {
+        readers.spawn(read_lane(0, recv, tx, conn.clone(), state.clone()));
+    }
     loop {
-        match conn.accept_uni().await {
-            Ok(mut recv) => {
-                let inbox = inbox.clone();
-                let conn = conn.clone();
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let mut lane = [0u8; 1];
-                    if recv.read_exact(&mut lane).await.is_err() {
-                        return;
-                    }
-                    let Some(tx) = inbox.lane(lane[0]) else {
-                        let reason =
-                            format!("lane {} is beyond the limit of {MAX_LANES} lanes", lane[0]);
-                        state.violation(&conn, reason);
-                        return;
-                    };
-                    drop(inbox);
-                    read_lane(lane[0], recv, tx, conn, state).await;
-                });
-            }
-            Err(e) => {
-                inbox.close(state.error(e));
-                return;
-            }
+        tokio::select! {
+            accepted = conn.accept_uni() => match accepted {
+                Ok(mut recv) => {
+                    let inbox = inbox.clone();
+                    let conn = conn.clone();
+                    let state = state.clone();
+                    readers.spawn(async move {
+                        let mut lane = [0u8; 1];
+                        if recv.read_exact(&mut lane).await.is_err() {
+                            return;
+                        }
+                        let Some(tx) = inbox.lane(lane[0]) else {
+                            let reason = format!(
+                                "lane {} is beyond the limit of {MAX_LANES} lanes",
+                                lane[0]
+                            );
+                            state.violation(&conn, reason);
+                            return;
+                        };
+                        drop(inbox);
+                        read_lane(lane[0], recv, tx, conn, state).await;
+                    });
+                }
+                Err(e) => {
+                    // Readers drain what quinn already received, then see the error.
+                    while readers.join_next().await.is_some() {}
+                    inbox.close(state.error(e));
+                    return;
+                }
+            },
+            // Reap finished readers.
+            Some(_) = readers.join_next(), if !readers.is_empty() => {}
         }
     }
 }
