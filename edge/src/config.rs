@@ -25,6 +25,10 @@ use tern_core::auth::acl::Acl;
 use tern_core::broker::BrokerConfig;
 use tern_core::store::Fsync;
 
+pub use crate::bridge::config::{
+    AcceptorConfig, BridgeConfig, ForwardRule, LinkConfig, SubscribeRule, TransportChoice,
+};
+
 /// The built-in profiles: name, one-line description, TOML text.
 pub const PROFILES: &[(&str, &str, &str)] = &[
     (
@@ -41,6 +45,11 @@ pub const PROFILES: &[(&str, &str, &str)] = &[
         "dev",
         "local development: 127.0.0.1 only, debug logging",
         include_str!("../../profiles/dev.toml"),
+    ),
+    (
+        "cloud-single",
+        "tern-cloud: one cloud node with the bridge acceptor (default of tern-cloud)",
+        include_str!("../../profiles/cloud-single.toml"),
     ),
 ];
 
@@ -74,6 +83,10 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The gateway's bridge to the cloud (tern-edge).
+    pub bridge: BridgeConfig,
+    /// The bridge acceptor for gateways (tern-cloud).
+    pub acceptor: AcceptorConfig,
 }
 
 /// The `[node]` section.
@@ -542,6 +555,21 @@ impl EdgeConfig {
             return Err(ConfigError::Semantic(
                 "`mqtt.max_inflight` must be at least 1".to_owned(),
             ));
+        }
+        self.bridge.validate().map_err(ConfigError::Semantic)?;
+        if self.acceptor.enabled {
+            for (key, path) in [
+                ("ca", &self.acceptor.ca),
+                ("cert", &self.acceptor.cert),
+                ("key", &self.acceptor.key),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::Semantic(format!(
+                        "`acceptor.{key}` must name a PEM file when `acceptor.enabled` = true \
+                         (create them with `tern-cloud certs init`)"
+                    )));
+                }
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(ConfigError::Semantic(format!(

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bridge;
 pub mod config;
 mod connection;
 mod group_commit;
@@ -58,6 +59,9 @@ pub enum EdgeError {
         /// What is wrong, naming the configuration key.
         message: String,
     },
+    /// The bridge to the cloud could not be set up.
+    #[error(transparent)]
+    Bridge(#[from] bridge::BridgeSetupError),
     /// Authentication could not be set up (e.g. `auth.password_file` is unreadable).
     #[error(transparent)]
     Auth(#[from] auth::AuthSetupError),
@@ -81,6 +85,7 @@ pub struct Edge {
     timer: Option<JoinHandle<()>>,
     auth_task: Option<JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    bridge: Option<bridge::RunningBridge>,
 }
 
 impl Edge {
@@ -99,6 +104,12 @@ impl Edge {
         let auth_task = Some(tokio::spawn(server.clone().run_auth(verified)));
         let listeners = listener::start(&config, &server).await?;
         let timer = Some(tokio::spawn(server.clone().run_timer()));
+        let bridge = bridge::start_client(
+            &config.bridge,
+            config.mqtt.sys_interval,
+            &server,
+            shutdown.subscribe(),
+        )?;
         Ok(Edge {
             server,
             shutdown,
@@ -106,7 +117,23 @@ impl Edge {
             timer,
             auth_task,
             committer: Some(committer),
+            bridge,
         })
+    }
+
+    /// Opens bridge ports on this broker (the cloud's acceptor uses one per gateway).
+    pub fn port_opener(&self) -> bridge::PortOpener {
+        bridge::PortOpener::new(self.server.clone())
+    }
+
+    /// The bridge client's status, when the bridge is enabled.
+    pub fn bridge_status(&self) -> Option<std::sync::Arc<tern_bridge::driver::Status>> {
+        self.bridge.as_ref().map(|(_, status)| status.clone())
+    }
+
+    /// A receiver that turns true when this node shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     /// The address of the plain MQTT (TCP) listener, if enabled.
@@ -144,6 +171,7 @@ impl Edge {
             .map(|l| l.task)
             .chain(self.timer.take())
             .chain(self.auth_task.take())
+            .chain(self.bridge.take().map(|(task, _)| task))
             .collect();
         let wait_all = async {
             for task in &mut tasks {
@@ -184,7 +212,7 @@ pub async fn run(config: EdgeConfig) -> Result<(), EdgeError> {
 
 /// A future that completes on SIGTERM or SIGINT (Ctrl-C).
 #[cfg(unix)]
-fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
+pub fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(|error| EdgeError::Signal {
         signal: "SIGTERM",
@@ -204,7 +232,7 @@ fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
 
 /// A future that completes on Ctrl-C.
 #[cfg(not(unix))]
-fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
+pub fn stop_signal() -> Result<impl Future<Output = ()>, EdgeError> {
     Ok(async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot wait for Ctrl-C");

@@ -84,6 +84,13 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(&error, EXIT_CONFIG),
     };
+    if config.acceptor.enabled {
+        eprintln!(
+            "error: `acceptor.enabled` = true: the bridge acceptor runs in tern-cloud, \
+             not in tern-edge (use `bridge` to connect this gateway to a cloud)"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if cli.print_config {
         return match config.to_toml() {
             Ok(text) => {

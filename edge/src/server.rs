@@ -21,12 +21,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytestring::ByteString;
+use tern_bridge::DeliverError;
 use tern_core::broker::{Broker, BrokerConfig, ConnId, Output, StoreBatch};
 use tern_core::message::QoS;
 use tern_core::mqtt::codec::DecodeError;
 use tern_core::mqtt::packet::Packet;
-use tern_core::store::Snapshot;
-use tokio::sync::{watch, Notify};
+use tern_core::store::{Snapshot, StoredMessage};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::auth::{Authenticator, Decision, Verified};
 use crate::listener::ConnInfo;
@@ -123,6 +125,11 @@ pub(crate) struct Hub {
     committer: Option<std::sync::mpsc::Sender<StoreBatch>>,
     /// Decides on parked CONNECTs; `None`: refuse them all.
     auth: Option<Authenticator>,
+    /// Bridge drivers to wake when a bridge queue gains messages.
+    bridge_wakers: Vec<Arc<Notify>>,
+    /// Bridge deliveries waiting for their store batch, by `Broker::inject` token.
+    injections: HashMap<u64, oneshot::Sender<Result<(), DeliverError>>>,
+    next_injection: u64,
 }
 
 impl Hub {
@@ -170,6 +177,22 @@ impl Hub {
                         handle.forget(conn);
                     }
                 }
+                Output::Injected { token, durable, .. } => {
+                    if let Some(done) = self.injections.remove(&token) {
+                        let result = if durable {
+                            Ok(())
+                        } else {
+                            Err(DeliverError::Store("store batch failed".into()))
+                        };
+                        // The bridge link may be gone; then nobody waits for the answer.
+                        let _ = done.send(result);
+                    }
+                }
+            }
+        }
+        if self.broker.take_bridge_ready() {
+            for waker in &self.bridge_wakers {
+                waker.notify_one();
             }
         }
     }
@@ -272,6 +295,9 @@ impl Server {
             timer_armed: None,
             committer: None,
             auth: None,
+            bridge_wakers: Vec::new(),
+            injections: HashMap::new(),
+            next_injection: 0,
         };
         Server {
             hub: Arc::new(Mutex::new(hub)),
@@ -370,6 +396,36 @@ impl Server {
         self.with_hub(None, |hub, now| {
             hub.broker.handle_store_failed(id, quota, now)
         });
+    }
+
+    /// Runs `f` on the broker (bridge queues, cursors), then dispatches its outputs.
+    pub(crate) fn with_broker<R>(&self, f: impl FnOnce(&mut Broker, Instant) -> R) -> R {
+        self.with_hub(None, |hub, now| f(&mut hub.broker, now))
+    }
+
+    /// Wakes `waker` whenever a bridge queue gains messages.
+    pub(crate) fn add_bridge_waker(&self, waker: Arc<Notify>) {
+        self.with_hub(None, |hub, _| hub.bridge_wakers.push(waker));
+    }
+
+    /// Publishes bridged `messages` as `Broker::inject` does; the receiver resolves
+    /// when their store batch is durable (or failed).
+    pub(crate) fn inject(
+        &self,
+        messages: Vec<StoredMessage>,
+        origin: &ByteString,
+        cursor: (ByteString, u64),
+    ) -> oneshot::Receiver<Result<(), DeliverError>> {
+        let (done, result) = oneshot::channel();
+        self.with_hub(None, |hub, now| {
+            hub.next_injection += 1;
+            let token = hub.next_injection;
+            hub.injections.insert(token, done);
+            let unix_ms = crate::group_commit::unix_ms_now();
+            hub.broker
+                .inject(messages, origin, cursor, token, now, unix_ms);
+        });
+        result
     }
 
     /// Registers a new connection; returns its id.

@@ -88,8 +88,15 @@ pub fn edge_binary() -> PathBuf {
     dir.join(format!("tern-edge{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// A broker under test: a spawned `tern-edge` process or an external broker.
+/// Path of the `tern-cloud` binary, next to `tern-edge` (see [`edge_binary`]).
+pub fn cloud_binary() -> PathBuf {
+    edge_binary().with_file_name(format!("tern-cloud{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A broker under test: a spawned `tern-edge` (or `tern-cloud`) process or an external broker.
 pub struct Broker {
+    /// The binary and the built-in profile it runs with.
+    program: (PathBuf, &'static str),
     host: String,
     port: u16,
     child: Option<Child>,
@@ -197,6 +204,7 @@ impl Broker {
             .rsplit_once(':')
             .unwrap_or_else(|| panic!("{EXTERNAL_BROKER_ENV} must be host:port, got {addr:?}"));
         Broker {
+            program: (edge_binary(), "dev"),
             host: host.to_string(),
             port: port.parse().expect("port of TERN_TEST_BROKER"),
             child: None,
@@ -217,12 +225,40 @@ impl Broker {
         broker
     }
 
+    /// Prepares a `tern-cloud` (profile `cloud-single`) with extra environment
+    /// overrides, without starting it; MQTT on a free loopback port, data in its work
+    /// directory. Start it with [`Broker::try_start`] or [`Broker::restart`].
+    pub fn cloud_stopped(env: &[(&str, &str)]) -> Broker {
+        let mut broker = Broker::prepare_program((cloud_binary(), "cloud-single"), env);
+        broker
+            .env
+            .push(("TERN_AUTH__ALLOW_ANONYMOUS".to_string(), "true".to_string()));
+        broker
+    }
+
+    /// Runs the prepared broker with `--config FILE` holding `config_toml` (written
+    /// into its work directory), for settings the environment cannot express.
+    pub fn set_config_file(&mut self, config_toml: &str) {
+        let file = self.work_dir().join("config.toml");
+        std::fs::write(&file, config_toml).expect("write config file");
+        self.args = vec!["--config".to_string(), file.display().to_string()];
+    }
+
+    /// The work directory of a spawned broker (its data directory is `data/` in it).
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir.clone().expect("work dir of a spawned broker")
+    }
+
     /// Work directory, data directory, log file and port; nothing started yet.
     fn prepare(env: &[(&str, &str)]) -> Broker {
-        let bin = edge_binary();
+        Broker::prepare_program((edge_binary(), "dev"), env)
+    }
+
+    fn prepare_program(program: (PathBuf, &'static str), env: &[(&str, &str)]) -> Broker {
+        let bin = program.0.clone();
         assert!(
             bin.exists(),
-            "tern-edge binary not found at {} (build it first: cargo build -p tern-edge, \
+            "binary not found at {} (build the workspace first: cargo build --workspace, \
              with the same CARGO_TARGET_DIR, or set {BIN_ENV})",
             bin.display()
         );
@@ -232,6 +268,7 @@ impl Broker {
         let log_path = work_dir.join("stderr.log");
         File::create(&log_path).expect("create log file");
         Broker {
+            program,
             host: "127.0.0.1".to_string(),
             port: free_port(),
             child: None,
@@ -251,8 +288,8 @@ impl Broker {
     /// Spawns the process of a prepared broker (not running) without waiting for it.
     fn launch(&mut self) {
         assert!(!self.external, "cannot start an external broker");
-        assert!(self.child.is_none(), "tern-edge is already running");
-        let bin = edge_binary();
+        assert!(self.child.is_none(), "the broker is already running");
+        let (bin, profile) = self.program.clone();
         let work_dir = self.work_dir.clone().expect("work dir of a spawned broker");
         let data_dir = work_dir.join("data");
         let log_path = self.log_path.clone().expect("log of a spawned broker");
@@ -270,7 +307,7 @@ impl Broker {
             .expect("create log file");
         let mut cmd = Command::new(&bin);
         cmd.arg("--profile")
-            .arg("dev")
+            .arg(profile)
             .args(&self.args)
             .env(
                 "TERN_LISTENERS__TCP__BIND",

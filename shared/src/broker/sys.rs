@@ -58,17 +58,26 @@ impl Broker {
             ),
         ];
         for (topic, value) in values {
-            let msg = Message {
-                topic: ByteString::from_static(topic),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: Default::default(),
-                expiry_interval: None,
-                received_at: now,
-                origin: ByteString::from_static("$SYS"),
-            };
-            self.publish_message(msg, now);
+            self.publish_sys_value(ByteString::from_static(topic), value, now);
         }
+    }
+
+    /// Publishes `value` as the retained message of `topic` under `$SYS/` (others are
+    /// ignored), for status the I/O layer keeps (bridges, the store).
+    pub fn publish_sys_value(&mut self, topic: ByteString, value: String, now: Instant) {
+        if !topic.starts_with("$SYS/") {
+            return;
+        }
+        let msg = Message {
+            topic,
+            payload: Bytes::from(value),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            expiry_interval: None,
+            received_at: now,
+            origin: ByteString::from_static("$SYS"),
+        };
+        self.publish_message(msg, now);
     }
 }

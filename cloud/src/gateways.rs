@@ -1,0 +1,103 @@
+//! The gateways the cloud knows: one bridge port per gateway, over its downstream
+//! queues (`$bridge/<gateway>/down/<class>`) and its inbound cursors
+//! (`in/<gateway>/<class>`).
+//!
+//! A gateway's downstream queues exist from its first Hello on, in the store, so
+//! commands published for it while it is offline are kept until it returns.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tern_bridge::driver::ServerStatus;
+use tern_bridge::{Port, PortFactory};
+use tern_core::message::QoS;
+use tern_edge::bridge::{BrokerPort, OutboundRule, PortOpener, PortSpec};
+
+/// Opens (and reuses) one port per gateway.
+pub(crate) struct Gateways {
+    opener: PortOpener,
+    max_queued_messages: usize,
+    /// Open ports with the Hello they were opened for.
+    ports: Mutex<HashMap<String, (PortSpec, Arc<BrokerPort>)>>,
+}
+
+impl Gateways {
+    /// Ports on the broker behind `opener`, each queue holding at most `max_queued_messages`.
+    pub(crate) fn new(opener: PortOpener, max_queued_messages: usize) -> Self {
+        Gateways {
+            opener,
+            max_queued_messages,
+            ports: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl PortFactory for Gateways {
+    fn open(
+        &self,
+        gateway_id: &str,
+        classes: u8,
+        downstream: &[(String, u8)],
+    ) -> Result<Arc<dyn Port>, String> {
+        if gateway_id.is_empty() || gateway_id.contains(['/', '+', '#']) {
+            return Err(format!(
+                "gateway id {gateway_id:?} is not usable in a topic"
+            ));
+        }
+        let mut outbound = vec![Vec::new(); usize::from(classes)];
+        for (filter, class) in downstream {
+            if !tern_core::mqtt::topic::valid_topic_filter(filter, 0) {
+                return Err(format!("downstream filter {filter:?} is not valid"));
+            }
+            let Some(rules) = outbound.get_mut(usize::from(*class)) else {
+                return Err(format!(
+                    "downstream filter {filter:?} names class {class}, of {classes}"
+                ));
+            };
+            rules.push(OutboundRule {
+                filter: filter.clone(),
+                qos: QoS::ExactlyOnce,
+                remote_prefix: String::new(),
+            });
+        }
+        let spec = PortSpec {
+            queue_prefix: format!("{gateway_id}/down/"),
+            outbound,
+            max_queued_messages: self.max_queued_messages,
+            origin: format!("$bridge/{gateway_id}"),
+            cursor_prefix: format!("in/{gateway_id}/"),
+        };
+        // A poisoned lock only means another gateway's open panicked; the map is intact.
+        let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, port)) = ports.get(gateway_id) {
+            if *known == spec {
+                return Ok(Arc::clone(port) as Arc<dyn Port>);
+            }
+        }
+        let port = self.opener.open(spec.clone());
+        ports.insert(gateway_id.to_owned(), (spec, Arc::clone(&port)));
+        Ok(port)
+    }
+}
+
+impl Gateways {
+    /// Publishes every known gateway's link state and downstream backlog under
+    /// `$SYS/bridge/gateways/<id>/...`.
+    pub(crate) fn report(&self, status: &ServerStatus) {
+        let ports: Vec<(String, Arc<BrokerPort>)> = {
+            let ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+            ports
+                .iter()
+                .map(|(id, (_, port))| (id.clone(), Arc::clone(port)))
+                .collect()
+        };
+        for (id, port) in ports {
+            let snapshot = status.gateway(&id).unwrap_or_default();
+            self.opener.publish_status(
+                &format!("bridge/gateways/{id}"),
+                &snapshot,
+                &port.backlog(),
+            );
+        }
+    }
+}
