@@ -189,7 +189,7 @@ impl Site {
     fn wait_bridged(&self) {
         let line = self
             .edge
-            .wait_log_line(&["bridge: connected"], Duration::from_secs(30));
+            .wait_log_line(&["bridge: connected peer"], Duration::from_secs(30));
         assert!(
             line.is_some(),
             "bridge did not connect (acceptor port {});\nedge log:\n{}\ncloud log:\n{}",
@@ -566,7 +566,7 @@ async fn wrong_and_revoked_certificates_are_refused() {
         "cloud did not log the refusal:\n{}",
         cloud.run_log()
     );
-    assert!(!wrong.run_log().contains("bridge: connected"));
+    assert!(!wrong.run_log().contains("bridge: connected peer"));
     wrong.stop();
     // Revoked: the right CA, but on the CRL.
     certs_cmd(&["revoke", "gw1", "--dir", &certs.display().to_string()]);
@@ -595,7 +595,7 @@ async fn wrong_and_revoked_certificates_are_refused() {
         "revoked gateway did not log the refusal:\n{}",
         revoked.run_log()
     );
-    assert!(!revoked.run_log().contains("bridge: connected"));
+    assert!(!revoked.run_log().contains("bridge: connected peer"));
 }
 
 /// 8. An impaired link: 200 ms RTT, 2 % loss, reordering, 1 Mbit/s, and a 30 s
@@ -662,5 +662,107 @@ unsafe fn libc_kill(pid: u32) {
     // SAFETY: the caller passes a process id of a child it spawned.
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+/// UDP blocked: the gateway falls back to TLS over TCP (after a dead first endpoint:
+/// failover), and forwarding works the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_fallback_and_endpoint_failover() {
+    let certs = make_certs(&["gw1"]);
+    let acceptor = free_port();
+    let mut cloud = cloud(&certs, acceptor);
+    start(&mut cloud);
+    // Only TCP reaches the cloud through this port: QUIC datagrams go nowhere.
+    let relay_port = free_port();
+    let _relay = Relay::tcp(
+        format!("127.0.0.1:{relay_port}").parse().expect("addr"),
+        format!("127.0.0.1:{acceptor}").parse().expect("addr"),
+        Impairment::default(),
+    )
+    .expect("relay");
+    let dead = free_port();
+    let mut edge = edge(&EdgeSetup {
+        gateway: "gw1",
+        certs: &certs,
+        endpoint: format!("127.0.0.1:{dead}\", \"127.0.0.1:{relay_port}"),
+        link: "",
+        transport: "auto",
+    });
+    start(&mut edge);
+    let site = Site {
+        cloud,
+        edge,
+        acceptor,
+    };
+    site.wait_bridged();
+    let connected = site
+        .edge
+        .wait_log_line(&["bridge: connected peer"], Duration::from_secs(1))
+        .unwrap_or_default();
+    assert!(
+        connected.contains(&relay_port.to_string()) && connected.to_lowercase().contains("tcp"),
+        "expected a TLS/TCP connection through port {relay_port}: {connected}"
+    );
+    let mut up = Collector::subscribe(&site.cloud, "site/gw1/#").await;
+    let payloads = numbered("f", 1000);
+    let acked = publish_all(&site.edge, "sensors/f", &payloads).await;
+    up.drain(&site.cloud, has_all(&acked), Duration::from_millis(500))
+        .await;
+    assert_exact(&up.got, &payloads, &acked, "over the TCP fallback");
+}
+
+/// The bridge's state is published under `$SYS/bridge/` on the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_status_in_sys_topics() {
+    let site = Site::new("compress = true");
+    let payloads = numbered("s", 100);
+    let acked = publish_all(&site.edge, "sensors/s", &payloads).await;
+    assert_eq!(acked.len(), payloads.len());
+    let (client, mut el) = AsyncClient::new(options(&site.edge, "sys-watch", true), 16);
+    client
+        .subscribe("$SYS/bridge/#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let acked_seq = "$SYS/bridge/telemetry/acked_seq";
+    while Instant::now() < deadline {
+        if values.get("$SYS/bridge/connected").map(String::as_str) == Some("1")
+            && values
+                .get(acked_seq)
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|v| v >= 100)
+        {
+            break;
+        }
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            tokio::time::timeout(Duration::from_secs(1), el.poll()).await
+        {
+            values.insert(
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            );
+        }
+    }
+    assert_eq!(
+        values.get("$SYS/bridge/connected").map(String::as_str),
+        Some("1"),
+        "{values:?}"
+    );
+    let seq: u64 = values
+        .get(acked_seq)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(seq >= 100, "acked sequence {seq}: {values:?}");
+    for key in [
+        "backlog/messages",
+        "backlog/bytes",
+        "backlog/oldest_seconds",
+    ] {
+        assert!(
+            values.contains_key(&format!("$SYS/bridge/telemetry/{key}")),
+            "{key} missing: {values:?}"
+        );
     }
 }
