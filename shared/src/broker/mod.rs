@@ -41,7 +41,7 @@ pub use bridge::{Backlog, BridgeQueue, PeekLimits, BRIDGE_CLIENT_PREFIX};
 pub use config::BrokerConfig;
 pub use connection::ConnId;
 pub use outbox::StoreBatch;
-pub use sys::Stats;
+pub use sys::{Counts, Stats};
 
 use self::connection::{ConnPhase, Connection};
 use self::outbox::Outbox;

@@ -22,9 +22,31 @@ pub struct Stats {
     pub messages_dropped: u64,
 }
 
+/// Sizes of the broker's tables at one moment (what `$SYS` reports beside [`Stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Sessions, online and offline (bridge queues included).
+    pub sessions: u64,
+    /// Subscriptions of all sessions.
+    pub subscriptions: u64,
+    /// Retained messages.
+    pub retained: u64,
+}
+
 impl Broker {
+    /// The sizes of the session table, the router and the retained store.
+    pub fn counts(&self) -> Counts {
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Counts {
+            sessions: count(self.sessions.len()),
+            subscriptions: count(self.router.len()),
+            retained: count(self.retained.len()),
+        }
+    }
+
     pub(super) fn publish_sys(&mut self, now: Instant) {
         let uptime = now.saturating_duration_since(self.started_at).as_secs();
+        let counts = self.counts();
         let values = [
             (
                 "$SYS/broker/version",
@@ -35,7 +57,7 @@ impl Broker {
                 "$SYS/broker/clients/connected",
                 self.stats.clients_connected.to_string(),
             ),
-            ("$SYS/broker/clients/total", self.sessions.len().to_string()),
+            ("$SYS/broker/clients/total", counts.sessions.to_string()),
             (
                 "$SYS/broker/messages/received",
                 self.stats.messages_received.to_string(),
@@ -50,11 +72,11 @@ impl Broker {
             ),
             (
                 "$SYS/broker/subscriptions/count",
-                self.router.len().to_string(),
+                counts.subscriptions.to_string(),
             ),
             (
                 "$SYS/broker/retained messages/count",
-                self.retained.len().to_string(),
+                counts.retained.to_string(),
             ),
         ];
         for (topic, value) in values {
