@@ -87,6 +87,27 @@ pub struct EdgeConfig {
     pub bridge: BridgeConfig,
     /// The bridge acceptor for gateways (tern-cloud).
     pub acceptor: AcceptorConfig,
+    /// The admin HTTP endpoint (`/metrics`, `/healthz`).
+    pub admin: AdminConfig,
+}
+
+/// The `[admin]` section: the HTTP endpoint with Prometheus metrics and a health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether to serve it at all.
+    pub enabled: bool,
+    /// Address and port to bind (port 0 picks a free port); loopback by default.
+    pub bind: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+        }
+    }
 }
 
 /// The `[node]` section.
@@ -1016,6 +1037,32 @@ mod tests {
         let dev = EdgeConfig::load(&sources(Some("dev"), None, &[])).expect("loads");
         assert!(dev.auth.allow_anonymous);
         assert_eq!(dev.limits.max_connections, 0);
+    }
+
+    #[test]
+    fn admin_endpoint_binds_loopback_in_every_profile() {
+        assert_eq!(
+            AdminConfig::default().bind,
+            "127.0.0.1:8080".parse().expect("addr")
+        );
+        for (name, _, _) in PROFILES {
+            let c = EdgeConfig::load(&sources(Some(name), None, &[])).expect("loads");
+            assert!(c.admin.enabled, "{name}");
+            assert!(c.admin.bind.ip().is_loopback(), "{name}");
+        }
+        let dev = EdgeConfig::load(&sources(Some("dev"), None, &[])).expect("loads");
+        assert_eq!(
+            dev.admin.bind.port(),
+            0,
+            "dev and tests must not compete for 8080"
+        );
+        let vars = [
+            ("TERN_ADMIN__BIND", "127.0.0.1:9100"),
+            ("TERN_ADMIN__ENABLED", "false"),
+        ];
+        let c = EdgeConfig::load(&sources(None, None, &vars)).expect("loads");
+        assert_eq!(c.admin.bind.port(), 9100);
+        assert!(!c.admin.enabled);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod config;
@@ -24,7 +25,8 @@ mod server;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -62,6 +64,9 @@ pub enum EdgeError {
     /// The bridge to the cloud could not be set up.
     #[error(transparent)]
     Bridge(#[from] bridge::BridgeSetupError),
+    /// The admin HTTP endpoint could not be bound.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     /// Authentication could not be set up (e.g. `auth.password_file` is unreadable).
     #[error(transparent)]
     Auth(#[from] auth::AuthSetupError),
@@ -86,11 +91,19 @@ pub struct Edge {
     auth_task: Option<JoinHandle<()>>,
     committer: Option<std::thread::JoinHandle<()>>,
     bridge: Option<bridge::RunningBridge>,
+    /// What `/metrics` shows.
+    metrics: Arc<admin::Registry>,
+    admin: Option<admin::RunningAdmin>,
 }
 
 impl Edge {
     /// Binds the listeners of `config` and starts serving (within a tokio runtime).
     pub async fn start(config: EdgeConfig) -> Result<Edge, EdgeError> {
+        let started = Instant::now();
+        let admin_socket = match config.admin.enabled {
+            true => Some(admin::bind(config.admin.bind).await?),
+            false => None,
+        };
         let (shutdown, signal) = watch::channel(false);
         let (store, snapshot) = group_commit::open(&config)?;
         let server = server::Server::new(config.mqtt.clone(), signal);
@@ -110,6 +123,19 @@ impl Edge {
             &server,
             shutdown.subscribe(),
         )?;
+        let metrics = Arc::new(admin::Registry::default());
+        metrics.register(Arc::new(admin::BrokerMetrics {
+            server: server.clone(),
+            started,
+        }));
+        if let Some((_, status, port)) = &bridge {
+            metrics.register(Arc::new(admin::BridgeMetrics {
+                status: Arc::clone(status),
+                port: Arc::clone(port),
+            }));
+        }
+        let admin = admin_socket
+            .map(|bound| admin::serve(bound, Arc::clone(&metrics), shutdown.subscribe()));
         Ok(Edge {
             server,
             shutdown,
@@ -118,6 +144,8 @@ impl Edge {
             auth_task,
             committer: Some(committer),
             bridge,
+            metrics,
+            admin,
         })
     }
 
@@ -128,7 +156,23 @@ impl Edge {
 
     /// The bridge client's status, when the bridge is enabled.
     pub fn bridge_status(&self) -> Option<std::sync::Arc<tern_bridge::driver::Status>> {
-        self.bridge.as_ref().map(|(_, status)| status.clone())
+        self.bridge.as_ref().map(|(_, status, _)| status.clone())
+    }
+
+    /// Adds `source` to what the admin endpoint's `/metrics` shows (from the next
+    /// scrape on; works whether or not the endpoint is enabled).
+    pub fn add_metrics_source(&self, source: Arc<dyn admin::MetricsSource>) {
+        self.metrics.register(source);
+    }
+
+    /// The whole `/metrics` exposition as it would be served now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// The address of the admin HTTP endpoint, if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr)
     }
 
     /// A receiver that turns true when this node shuts down.
@@ -171,7 +215,8 @@ impl Edge {
             .map(|l| l.task)
             .chain(self.timer.take())
             .chain(self.auth_task.take())
-            .chain(self.bridge.take().map(|(task, _)| task))
+            .chain(self.bridge.take().map(|(task, _, _)| task))
+            .chain(self.admin.take().map(|a| a.task))
             .collect();
         let wait_all = async {
             for task in &mut tasks {

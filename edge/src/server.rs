@@ -17,13 +17,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use tern_bridge::DeliverError;
-use tern_core::broker::{Broker, BrokerConfig, ConnId, Output, StoreBatch};
+use tern_core::broker::{Broker, BrokerConfig, ConnId, Counts, Output, Stats, StoreBatch};
 use tern_core::message::QoS;
 use tern_core::mqtt::codec::DecodeError;
 use tern_core::mqtt::packet::Packet;
@@ -259,6 +259,22 @@ impl Hub {
     }
 }
 
+/// What the commit thread last reported about the store, for the admin endpoint.
+/// Written once per commit (relaxed atomics: each value is read on its own).
+#[derive(Debug, Default)]
+pub(crate) struct StoreMetrics {
+    /// Bytes of records the store holds.
+    pub(crate) bytes: AtomicU64,
+    /// The budget in bytes (0: unlimited).
+    pub(crate) budget: AtomicU64,
+    /// Transactions committed.
+    pub(crate) commits: AtomicU64,
+    /// Store batches refused because the store is full.
+    pub(crate) full_refusals: AtomicU64,
+    /// Store batches that failed otherwise.
+    pub(crate) errors: AtomicU64,
+}
+
 /// Whether a reader should pause before feeding the rest of its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Throttle {
@@ -280,6 +296,8 @@ pub(crate) struct Server {
     /// Wakes readers paused on a backed-up subscriber (see `backlog_cleared`).
     backlog: Arc<Notify>,
     backlog_waiters: Arc<AtomicUsize>,
+    /// The store's usage and commit counters.
+    store_metrics: Arc<StoreMetrics>,
 }
 
 impl Server {
@@ -307,6 +325,7 @@ impl Server {
             limits,
             backlog: Arc::new(Notify::new()),
             backlog_waiters: Arc::new(AtomicUsize::new(0)),
+            store_metrics: Arc::default(),
         }
     }
 
@@ -382,20 +401,42 @@ impl Server {
     }
 
     /// Store batch `id` and all before it are durable: release what waited on them.
+    /// Called once per committed transaction.
     pub(crate) fn store_committed(&self, id: u64) {
+        self.store_metrics.commits.fetch_add(1, Ordering::Relaxed);
         self.with_hub(None, |hub, _| hub.broker.handle_store_committed(id));
     }
 
     /// The store holds `bytes` of its budget `limit`.
     pub(crate) fn store_usage(&self, bytes: u64, limit: Option<u64>) {
+        let m = &self.store_metrics;
+        m.bytes.store(bytes, Ordering::Relaxed);
+        m.budget.store(limit.unwrap_or(0), Ordering::Relaxed);
         self.with_hub(None, |hub, _| hub.broker.handle_store_usage(bytes, limit));
     }
 
     /// Store batch `id` failed (`quota`: the store is full).
     pub(crate) fn store_failed(&self, id: u64, quota: bool) {
+        let counter = if quota {
+            &self.store_metrics.full_refusals
+        } else {
+            &self.store_metrics.errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         self.with_hub(None, |hub, now| {
             hub.broker.handle_store_failed(id, quota, now)
         });
+    }
+
+    /// The store's usage and commit counters.
+    pub(crate) fn store_metrics(&self) -> &StoreMetrics {
+        &self.store_metrics
+    }
+
+    /// The broker's counters and table sizes, read under the lock.
+    pub(crate) fn broker_metrics(&self) -> (Stats, Counts) {
+        let hub = self.lock();
+        (hub.broker.stats().clone(), hub.broker.counts())
     }
 
     /// Runs `f` on the broker (bridge queues, cursors), then dispatches its outputs.

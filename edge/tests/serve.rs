@@ -21,6 +21,8 @@ const WAIT: Duration = Duration::from_secs(5);
 fn config() -> EdgeConfig {
     let mut config = EdgeConfig::default();
     config.listeners.tcp.bind = "127.0.0.1:0".parse().expect("address");
+    // Several edges at once: the admin endpoint on any free port, not 8080.
+    config.admin.bind = "127.0.0.1:0".parse().expect("address");
     config.mqtt.sys_interval = 0;
     // In-process tests run in parallel: each keeps its state in memory.
     config.store.backend = tern_edge::config::StoreBackend::Memory;
@@ -412,5 +414,54 @@ async fn the_disconnect_survives_unread_input() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, 0x95, "{d:?}"),
         other => panic!("expected DISCONNECT, got {other:?}"),
     }
+    edge.shutdown().await;
+}
+
+/// Tern-cloud's seam: a source added after start shows on `/metrics`, served on the
+/// bound admin address next to the broker's own families.
+#[tokio::test]
+async fn admin_serves_registered_metrics_sources() {
+    use std::sync::Arc;
+    use tern_edge::admin::{Kind, MetricsSource, MetricsWriter};
+
+    struct Extra;
+    impl MetricsSource for Extra {
+        fn render(&self, out: &mut MetricsWriter) {
+            out.family("tern_extra", Kind::Gauge, "A test family.")
+                .sample(&[("gateway", "gw-1")], 42);
+        }
+    }
+
+    let (mut edge, _) = start(config()).await;
+    let admin = edge.admin_addr().expect("admin enabled by default");
+    assert!(admin.ip().is_loopback());
+    assert_ne!(admin.port(), 0);
+    edge.add_metrics_source(Arc::new(Extra));
+    let mut stream = TcpStream::connect(admin).await.expect("connect admin");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut response))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(
+        response.contains("tern_extra{gateway=\"gw-1\"} 42\n"),
+        "{response}"
+    );
+    assert!(
+        response.contains("\ntern_messages_received_total 0\n"),
+        "{response}"
+    );
+    assert!(edge.render_metrics().contains("# TYPE tern_extra gauge\n"));
+    edge.shutdown().await;
+
+    let mut disabled = config();
+    disabled.admin.enabled = false;
+    let (mut edge, _) = start(disabled).await;
+    assert_eq!(edge.admin_addr(), None);
     edge.shutdown().await;
 }

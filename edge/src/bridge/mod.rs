@@ -175,8 +175,8 @@ pub fn link_limits(link: &config::LinkConfig) -> driver::Limits {
     }
 }
 
-/// The bridge client task and its status.
-pub(crate) type RunningBridge = (JoinHandle<()>, Arc<Status>);
+/// The bridge client task, its status and its port (for the backlog).
+pub(crate) type RunningBridge = (JoinHandle<()>, Arc<Status>, Arc<BrokerPort>);
 
 /// Starts the bridge client of `config` on `server`'s broker, if enabled.
 pub(crate) fn start_client(
@@ -230,13 +230,14 @@ pub(crate) fn start_client(
         classes = ?config.classes,
         "bridge to the cloud starting"
     );
+    let driver_port: Arc<dyn tern_bridge::Port> = Arc::clone(&port) as Arc<BrokerPort>;
     let task = tokio::spawn(driver::run_client(
         client,
-        port,
+        driver_port,
         Arc::clone(&status),
         shutdown,
     ));
-    Ok(Some((task, status)))
+    Ok(Some((task, status, port)))
 }
 
 #[cfg(test)]
