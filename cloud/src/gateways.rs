@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tern_bridge::driver::ServerStatus;
 use tern_bridge::{Port, PortFactory};
 use tern_core::message::QoS;
+use tern_edge::admin::{render_links, LinkSnapshot, MetricsSource, MetricsWriter};
 use tern_edge::bridge::{BrokerPort, OutboundRule, PortOpener, PortSpec};
 
 /// Opens (and reuses) one port per gateway.
@@ -81,17 +82,21 @@ impl PortFactory for Gateways {
 }
 
 impl Gateways {
+    /// Every known gateway's id and port, sorted by id.
+    fn ports(&self) -> Vec<(String, Arc<BrokerPort>)> {
+        let ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<_> = ports
+            .iter()
+            .map(|(id, (_, port))| (id.clone(), Arc::clone(port)))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
     /// Publishes every known gateway's link state and downstream backlog under
     /// `$SYS/bridge/gateways/<id>/...`.
     pub(crate) fn report(&self, status: &ServerStatus) {
-        let ports: Vec<(String, Arc<BrokerPort>)> = {
-            let ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-            ports
-                .iter()
-                .map(|(id, (_, port))| (id.clone(), Arc::clone(port)))
-                .collect()
-        };
-        for (id, port) in ports {
+        for (id, port) in self.ports() {
             let snapshot = status.gateway(&id).unwrap_or_default();
             self.opener.publish_status(
                 &format!("bridge/gateways/{id}"),
@@ -99,5 +104,30 @@ impl Gateways {
                 &port.backlog(),
             );
         }
+    }
+}
+
+/// The gateways on `/metrics`: per gateway its link and, per class, the commands
+/// queued for it (`tern_gateway_*{gateway="...",class="..."}`).
+pub(crate) struct GatewayMetrics {
+    /// The known gateways and their ports.
+    pub(crate) gateways: Arc<Gateways>,
+    /// The acceptor's per-gateway status.
+    pub(crate) status: Arc<ServerStatus>,
+}
+
+impl MetricsSource for GatewayMetrics {
+    fn render(&self, out: &mut MetricsWriter) {
+        let links: Vec<LinkSnapshot> = self
+            .gateways
+            .ports()
+            .into_iter()
+            .map(|(id, port)| LinkSnapshot {
+                status: self.status.gateway(&id).unwrap_or_default(),
+                backlog: port.backlog(),
+                labels: vec![("gateway", id)],
+            })
+            .collect();
+        render_links(out, "tern_gateway", "for the gateway", &links);
     }
 }

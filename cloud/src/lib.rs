@@ -70,6 +70,12 @@ impl Cloud {
                 config.acceptor.max_queued_messages,
             ));
             cloud.acceptor_addr = Some(addr);
+            cloud
+                .edge
+                .add_metrics_source(Arc::new(gateways::GatewayMetrics {
+                    gateways: Arc::clone(&gateways),
+                    status: Arc::clone(&cloud.status),
+                }));
             if config.mqtt.sys_interval > 0 {
                 tokio::spawn(report_gateways(
                     Arc::clone(&gateways),
@@ -92,6 +98,11 @@ impl Cloud {
     /// Address of the plain MQTT listener, if enabled.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.edge.local_addr()
+    }
+
+    /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`), if enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.edge.admin_addr()
     }
 
     /// Address of the bridge acceptor (UDP and TCP), if enabled.
