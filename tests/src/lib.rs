@@ -230,9 +230,14 @@ impl Broker {
     /// directory. Start it with [`Broker::try_start`] or [`Broker::restart`].
     pub fn cloud_stopped(env: &[(&str, &str)]) -> Broker {
         let mut broker = Broker::prepare_program((cloud_binary(), "cloud-single"), env);
-        broker
-            .env
-            .push(("TERN_AUTH__ALLOW_ANONYMOUS".to_string(), "true".to_string()));
+        // Anonymous clients in, and the admin endpoint on a free port: tests run
+        // several clouds at once, which would all want 127.0.0.1:8080.
+        for (k, v) in [
+            ("TERN_AUTH__ALLOW_ANONYMOUS", "true"),
+            ("TERN_ADMIN__BIND", "127.0.0.1:0"),
+        ] {
+            broker.env.insert(0, (k.to_string(), v.to_string()));
+        }
         broker
     }
 
