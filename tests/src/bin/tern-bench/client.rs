@@ -90,6 +90,9 @@ pub struct ConnectOpts {
     pub username: Option<String>,
     /// Initial read buffer capacity.
     pub read_buf: usize,
+    /// Clean session: `false` asks the broker to keep (or resume) the session, its
+    /// subscriptions and the messages queued for it while the client is away.
+    pub clean: bool,
 }
 
 /// Reads packets from the read half of a connection.
@@ -158,6 +161,7 @@ impl PacketReader {
 pub struct Conn {
     reader: PacketReader,
     wr: OwnedWriteHalf,
+    session_present: bool,
 }
 
 impl Conn {
@@ -170,10 +174,11 @@ impl Conn {
         let mut conn = Conn {
             reader: PacketReader::new(rd, opts.read_buf, Some(PROTOCOL)),
             wr,
+            session_present: false,
         };
         let connect = Packet::Connect(Box::new(Connect {
             protocol: PROTOCOL,
-            clean_start: true,
+            clean_start: opts.clean,
             keep_alive: opts.keep_alive,
             client_id: opts.client_id.as_str().into(),
             last_will: None,
@@ -183,10 +188,18 @@ impl Conn {
         }));
         conn.send(&connect).await?;
         match conn.reader.recv().await? {
-            Packet::ConnAck(a) if a.reason_code == 0 => Ok(conn),
+            Packet::ConnAck(a) if a.reason_code == 0 => {
+                conn.session_present = a.session_present;
+                Ok(conn)
+            }
             Packet::ConnAck(a) => Err(ClientError::Refused(a.reason_code)),
             _ => Err(ClientError::Unexpected("expected CONNACK")),
         }
+    }
+
+    /// Whether the broker resumed a session it kept for this client id (CONNACK).
+    pub fn session_present(&self) -> bool {
+        self.session_present
     }
 
     /// Encodes and writes one control packet.

@@ -49,6 +49,9 @@ const EXAMPLES: &str = "Examples:
   tern-bench --port 1883 latency -p 4 --rate 20000     open-loop latency at 20,000 msg/s
   tern-bench --port 1883 --broker-pid PID connections -n 10000
   tern-bench ceiling                                   tern-bench against its own sink
+  tern-bench --port 1883 --sub-port 1884 --sub-topic-prefix site/gw1/ fan-in -q 1 --strict
+                                                       through a bridge: publish on the edge,
+                                                       verify on the cloud under the prefix
 
 Exit status: 0 passed, 1 verification failed (loss at QoS >= 1, corruption, misrouting, ...),
 2 setup failed (connect, subscribe, arguments).";
@@ -78,22 +81,60 @@ pub struct Global {
     /// No progress line on stderr.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Host of the subscribers' broker (default: --host), e.g. the cloud end of a bridge.
+    #[arg(long, global = true)]
+    pub sub_host: Option<String>,
+    /// MQTT port of the subscribers' broker (default: --port).
+    #[arg(long, global = true)]
+    pub sub_port: Option<u16>,
+    /// Subscribers subscribe to PREFIX + their filters and strip PREFIX from the topics
+    /// they receive before verifying them (a bridge's remote prefix, e.g. `site/gw1/`).
+    #[arg(long, global = true, value_name = "PREFIX", default_value = "")]
+    pub sub_topic_prefix: String,
 }
 
 impl Global {
     /// The broker's socket address.
     pub fn addr(&self) -> Result<SocketAddr, String> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("resolve {}: {e}", self.host))?
-            .next()
-            .ok_or_else(|| format!("{} resolves to no address", self.host))
+        resolve(&self.host, self.port)
     }
 
-    /// `host:port`, for reports.
-    pub fn target_string(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+    /// The subscribers' broker's socket address.
+    pub fn sub_addr(&self) -> Result<SocketAddr, String> {
+        resolve(self.sub_host(), self.sub_port())
     }
+
+    fn sub_host(&self) -> &str {
+        self.sub_host.as_deref().unwrap_or(&self.host)
+    }
+
+    fn sub_port(&self) -> u16 {
+        self.sub_port.unwrap_or(self.port)
+    }
+
+    /// `host:port`, for reports; with the subscribers' broker and prefix when they differ.
+    pub fn target_string(&self) -> String {
+        let mut s = format!("{}:{}", self.host, self.port);
+        if self.sub_host() != self.host || self.sub_port() != self.port {
+            s.push_str(&format!(
+                " → subscribers {}:{}",
+                self.sub_host(),
+                self.sub_port()
+            ));
+        }
+        if !self.sub_topic_prefix.is_empty() {
+            s.push_str(&format!(" (topics under {})", self.sub_topic_prefix));
+        }
+        s
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))
 }
 
 #[derive(Debug, Subcommand)]

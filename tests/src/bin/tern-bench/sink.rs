@@ -204,9 +204,10 @@ mod tests {
     use super::*;
     use crate::client::{Conn, ConnectOpts};
     use crate::progress::Counters;
-    use crate::scenario::load::{self, Length, LoadSpec};
+    use crate::scenario::load::{self, Hooks, Length, LoadSpec};
     use crate::scenario::subscriber::{self, SubCtx};
     use crate::scenario::{Plan, Topology};
+    use crate::verify::Tally;
 
     async fn start() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -220,6 +221,10 @@ mod tests {
     fn spec(addr: SocketAddr, qos: QoS, paced: bool) -> LoadSpec {
         LoadSpec {
             addr,
+            sub_addr: addr,
+            sub_topic_prefix: String::new(),
+            sub_persistent: false,
+            hooks: Hooks::default(),
             plan: Plan::new(Topology::Fan, "tb", "test", 2, 0).expect("fan plan"),
             qos,
             layout: Arc::new(Layout::new(64).expect("above minimum")),
@@ -256,14 +261,16 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn source_stream_verifies() {
+    /// Streams from the sink's source for a moment into a subscriber that strips `prefix`
+    /// and expects publisher 0 on `topic`; returns what it tallied.
+    async fn stream(prefix: &'static [u8], topic: &'static [u8]) -> Tally {
         let addr = start().await;
         let opts = ConnectOpts {
             client_id: "tb-test-s0".to_string(),
             keep_alive: 0,
             username: Some(format!("{SOURCE_USER}64")),
             read_buf: 4096,
+            clean: true,
         };
         let mut conn = Conn::connect(addr, &opts).await.expect("connect to sink");
         conn.subscribe("tb/test/+", QoS::AtMostOnce)
@@ -273,17 +280,25 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = SubCtx {
             layout: Arc::new(Layout::new(64).expect("above minimum")),
-            topics: Arc::new(vec![Bytes::from_static(b"tb/test/0")]),
+            topics: Arc::new(vec![Bytes::from_static(topic)]),
+            topic_prefix: Bytes::from_static(prefix),
             counters: counters.clone(),
             stop: stop_rx,
             record_from_ns: u64::MAX,
+            resume: None,
         };
         let task = tokio::spawn(subscriber::run(conn, ctx));
         tokio::time::sleep(Duration::from_millis(200)).await;
         stop_tx.send(true).expect("subscriber is listening");
         let o = task.await.expect("subscriber task");
         assert!(o.error.is_none(), "{:?}", o.error);
-        let t = &o.tally;
+        assert_eq!(o.reconnects, 0);
+        o.tally
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn source_stream_verifies() {
+        let t = &stream(b"", b"tb/test/0").await;
         assert!(t.received > 0);
         assert_eq!(
             (
@@ -296,5 +311,20 @@ mod tests {
             (0, 0, 0, 0, 0)
         );
         assert_eq!(t.unique_from(0), t.received);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn topic_prefix_is_stripped_and_required() {
+        // The sink publishes on `tb/test/0`: seen under the prefix `tb/`, that is the
+        // publisher topic `test/0`.
+        let t = stream(b"tb/", b"test/0").await;
+        assert!(t.received > 0);
+        assert_eq!((t.foreign, t.corrupt), (0, 0));
+        assert_eq!(t.unique_from(0), t.received);
+        // A topic without the expected prefix is misrouted, even when the rest matches.
+        let t = stream(b"site/gw1/", b"tb/test/0").await;
+        assert!(t.received > 0);
+        assert_eq!(t.foreign, t.received);
+        assert_eq!(t.unique_from(0), 0);
     }
 }

@@ -87,6 +87,12 @@ impl Tally {
         Some(stamp)
     }
 
+    /// Records a PUBLISH on a topic outside the run (e.g. without the expected prefix).
+    pub fn record_foreign(&mut self) {
+        self.received += 1;
+        self.foreign += 1;
+    }
+
     /// Distinct messages received from publisher `p`.
     pub fn unique_from(&self, p: usize) -> u64 {
         self.seen

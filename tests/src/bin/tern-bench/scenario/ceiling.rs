@@ -16,7 +16,7 @@ use clap::Args;
 use tern_core::message::QoS;
 use tokio::sync::watch;
 
-use super::load::{self, Length, LoadSpec};
+use super::load::{self, Hooks, Length, LoadSpec};
 use super::subscriber::{self, SubCtx};
 use super::{run_id, Plan, Topology};
 use crate::client::{Conn, ConnectOpts, READ_CHUNK};
@@ -124,6 +124,10 @@ pub async fn run(args: &CeilingArgs, global: &Global) -> Report {
     };
     let spec = LoadSpec {
         addr,
+        sub_addr: addr,
+        sub_topic_prefix: String::new(),
+        sub_persistent: false,
+        hooks: Hooks::default(),
         plan,
         qos,
         layout: layout.clone(),
@@ -165,6 +169,7 @@ pub async fn run(args: &CeilingArgs, global: &Global) -> Report {
             keep_alive: 0,
             username: Some(format!("{SOURCE_USER}{}", args.size)),
             read_buf: READ_CHUNK,
+            clean: true,
         };
         let mut conn = match Conn::connect(addr, &opts).await {
             Ok(c) => c,
@@ -179,10 +184,12 @@ pub async fn run(args: &CeilingArgs, global: &Global) -> Report {
         let ctx = SubCtx {
             layout: layout.clone(),
             topics: Arc::new(vec![topic.clone()]),
+            topic_prefix: bytes::Bytes::new(),
             counters: counters.clone(),
             stop: stop_rx.clone(),
             // The sink's timestamps are on its own clock: do not time them.
             record_from_ns: u64::MAX,
+            resume: None,
         };
         tasks.push(tokio::spawn(subscriber::run(conn, ctx)));
     }

@@ -121,6 +121,7 @@ pub async fn run(args: &ConnArgs, global: &Global) -> Report {
             keep_alive: args.keepalive,
             username: None,
             read_buf: IDLE_READ_BUF,
+            clean: true,
         };
         let counters = counters.clone();
         set.spawn(async move {

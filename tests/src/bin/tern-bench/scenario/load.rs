@@ -1,8 +1,14 @@
 //! The load engine behind every message-moving scenario: connect the subscribers, then
 //! the publishers, run the publishers to their end, let the deliveries drain, stop the
 //! subscribers, and add up what was sent against what arrived.
+//!
+//! Subscribers may use another broker than publishers, under a topic prefix (a bridge:
+//! publishers on the edge, subscribers on the cloud), and may keep persistent sessions
+//! that survive their broker's restart. A script can step in between the phases through
+//! [`Hooks`] files (stop the cloud before publishing, start it again after).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::publisher::{self, End, PubCtx, PubOutcome};
-use super::subscriber::{self, SubCtx};
+use super::subscriber::{self, Resume, SubCtx};
 use super::{Plan, Topology};
 use crate::client::{Conn, ConnectOpts, READ_CHUNK};
 use crate::clock;
@@ -23,6 +29,8 @@ use crate::verify::{Tally, Totals};
 
 /// Most connection handshakes in progress at once during setup.
 const SETUP_CONCURRENCY: usize = 64;
+/// How often the run looks for the go file.
+const GO_POLL: Duration = Duration::from_millis(10);
 
 /// How long a run publishes.
 #[derive(Debug, Clone, Copy)]
@@ -33,11 +41,31 @@ pub enum Length {
     Count(u64),
 }
 
+/// Files through which a script steps in between the phases of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Created once every client is connected and subscribed, before publishing.
+    pub ready: Option<PathBuf>,
+    /// Publishing waits until this file exists.
+    pub go: Option<PathBuf>,
+    /// Created when publishing has ended (at QoS ≥ 1: every message acknowledged, or
+    /// given up on), before the wait for deliveries; holds `sent N`.
+    pub published: Option<PathBuf>,
+}
+
 /// A load run.
 #[derive(Debug, Clone)]
 pub struct LoadSpec {
-    /// Broker address.
+    /// Broker address of the publishers.
     pub addr: SocketAddr,
+    /// Broker address of the subscribers (the same broker unless a bridge is measured).
+    pub sub_addr: SocketAddr,
+    /// Put before every subscriber filter and stripped from every received topic.
+    pub sub_topic_prefix: String,
+    /// Subscribers keep persistent sessions and reconnect when their broker goes away.
+    pub sub_persistent: bool,
+    /// Script hooks between the phases.
+    pub hooks: Hooks,
     /// Topics and filters.
     pub plan: Plan,
     /// QoS of publishes and subscriptions.
@@ -102,14 +130,49 @@ impl LoadSpec {
     }
 }
 
-/// Connects `n` clients with ids `{prefix}{i}`, at most [`SETUP_CONCURRENCY`] at a time,
-/// subscribing client `i` to `filters[i]` when given. Returns them in index order.
+/// `filter` under `prefix`: `{prefix}{filter}`, or `$share/{group}/{prefix}{rest}` for a
+/// shared subscription.
+fn prefixed(prefix: &str, filter: &str) -> String {
+    if let Some(shared) = filter.strip_prefix("$share/") {
+        if let Some((group, rest)) = shared.split_once('/') {
+            return format!("$share/{group}/{prefix}{rest}");
+        }
+    }
+    format!("{prefix}{filter}")
+}
+
+/// CONNECT options of client `{prefix}{i}` of the run.
+fn connect_opts(
+    spec: &LoadSpec,
+    prefix: &str,
+    i: usize,
+    username: Option<String>,
+    clean: bool,
+) -> ConnectOpts {
+    ConnectOpts {
+        client_id: format!("tb-{}-{prefix}{i}", spec.run_id),
+        keep_alive: spec.keep_alive,
+        username,
+        read_buf: READ_CHUNK,
+        clean,
+    }
+}
+
+/// Creates `path` (a script hook) with `contents`.
+fn touch(path: &Path, contents: &str) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Connects `n` clients with ids `{prefix}{i}` to `addr`, at most [`SETUP_CONCURRENCY`] at
+/// a time, subscribing client `i` to `filters[i]` when given. Returns them in index order.
 async fn connect_all(
     spec: &LoadSpec,
+    addr: SocketAddr,
     prefix: &str,
     n: usize,
     filters: Option<&[String]>,
     username: Option<String>,
+    clean: bool,
 ) -> Result<(Vec<Conn>, QoS), String> {
     let mut slots: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
     let mut granted_min = spec.qos;
@@ -117,13 +180,8 @@ async fn connect_all(
     let mut next = 0;
     while next < n || !set.is_empty() {
         while next < n && set.len() < SETUP_CONCURRENCY {
-            let opts = ConnectOpts {
-                client_id: format!("tb-{}-{prefix}{next}", spec.run_id),
-                keep_alive: spec.keep_alive,
-                username: username.clone(),
-                read_buf: READ_CHUNK,
-            };
-            let (addr, qos, i) = (spec.addr, spec.qos, next);
+            let opts = connect_opts(spec, prefix, next, username.clone(), clean);
+            let (qos, i) = (spec.qos, next);
             let filter = filters.map(|f| f[i].clone());
             set.spawn(async move {
                 let mut conn = Conn::connect(addr, &opts)
@@ -156,15 +214,23 @@ async fn connect_all(
 /// Runs `spec`. `Err` means the run could not be set up (connect or subscribe failed).
 pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
     let plan = &spec.plan;
+    let sub_filters: Vec<String> = plan
+        .filters
+        .iter()
+        .map(|f| prefixed(&spec.sub_topic_prefix, f))
+        .collect();
+    let clean = !spec.sub_persistent;
     let (subs, granted) = connect_all(
         spec,
+        spec.sub_addr,
         "s",
-        plan.filters.len(),
-        Some(&plan.filters),
+        sub_filters.len(),
+        Some(&sub_filters),
         spec.sub_username.clone(),
+        clean,
     )
     .await?;
-    let (pubs, _) = connect_all(spec, "p", plan.topics.len(), None, None).await?;
+    let (pubs, _) = connect_all(spec, spec.addr, "p", plan.topics.len(), None, None, true).await?;
     let mut notes = Vec::new();
     if granted < spec.qos {
         notes.push(format!(
@@ -179,18 +245,36 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
     // Setup is done; give the broker a moment to finish any subscription bookkeeping it
     // does after SUBACK, so the first messages are not lost to a race.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Some(ready) = &spec.hooks.ready {
+        touch(ready, "ready\n")?;
+    }
+    if let Some(go) = &spec.hooks.go {
+        while !go.exists() {
+            tokio::time::sleep(GO_POLL).await;
+        }
+    }
     let t0 = clock::now_ns();
     let record_from_ns = t0 + spec.warmup.as_nanos() as u64;
 
+    let topic_prefix = bytes::Bytes::from(spec.sub_topic_prefix.clone().into_bytes());
     let sub_tasks: Vec<_> = subs
         .into_iter()
-        .map(|conn| {
+        .enumerate()
+        .map(|(i, conn)| {
+            let resume = spec.sub_persistent.then(|| Resume {
+                addr: spec.sub_addr,
+                opts: connect_opts(spec, "s", i, spec.sub_username.clone(), false),
+                filter: sub_filters[i].clone(),
+                qos: spec.qos,
+            });
             let ctx = SubCtx {
                 layout: spec.layout.clone(),
                 topics: topics.clone(),
+                topic_prefix: topic_prefix.clone(),
                 counters: counters.clone(),
                 stop: stop_rx.clone(),
                 record_from_ns,
+                resume,
             };
             tokio::spawn(subscriber::run(conn, ctx))
         })
@@ -247,6 +331,12 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
     pub_outs.resize_with(plan.topics.len(), PubOutcome::new);
     let sent: Vec<u64> = pub_outs.iter().map(|o| o.sent).collect();
     let expected = plan.expected(&sent);
+    if let Some(published) = &spec.hooks.published {
+        let total: u64 = sent.iter().sum();
+        if let Err(e) = touch(published, &format!("sent {total}\n")) {
+            errors.push(e);
+        }
+    }
 
     // Drain: until everything expected arrived, nothing arrived for `idle_timeout`, or
     // `drain_timeout` passed.
@@ -292,6 +382,19 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
     for (i, o) in sub_outs.iter().enumerate() {
         if let Some(e) = &o.error {
             errors.push(format!("subscriber {i}: {e}"));
+        }
+        if o.reconnects > 0 {
+            notes.push(format!(
+                "subscriber {i} resumed its persistent session {} times (last lost: {})",
+                o.reconnects,
+                o.last_disconnect.as_deref().unwrap_or("?")
+            ));
+        }
+        if o.sessions_lost > 0 {
+            notes.push(format!(
+                "subscriber {i}: the broker had not kept its session {} times (subscribed again; what was routed meanwhile is lost)",
+                o.sessions_lost
+            ));
         }
     }
 
@@ -371,4 +474,19 @@ pub async fn run(spec: &LoadSpec) -> Result<LoadOutcome, String> {
         errors,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefixed;
+
+    #[test]
+    fn prefix_goes_before_the_filter_and_inside_a_share() {
+        assert_eq!(prefixed("", "tb/r/+"), "tb/r/+");
+        assert_eq!(prefixed("site/gw1/", "tb/r/+"), "site/gw1/tb/r/+");
+        assert_eq!(
+            prefixed("site/gw1/", "$share/gr/tb/r/+"),
+            "$share/gr/site/gw1/tb/r/+"
+        );
+    }
 }

@@ -2,13 +2,14 @@
 //! arguments, their defaults, and the report they produce. `latency` reuses this with
 //! paced publishers.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use tern_core::message::QoS;
 
-use super::load::{self, Length, LoadSpec};
+use super::load::{self, Hooks, Length, LoadSpec};
 use super::{run_id, Plan, Topology};
 use crate::payload::Layout;
 use crate::report::{Latency, Meter, Params, Report, Throughput};
@@ -63,6 +64,19 @@ pub struct LoadArgs {
     /// First topic level; topics are `{prefix}/{run id}/{publisher}`.
     #[arg(long, default_value = "tb")]
     pub topic_prefix: String,
+    /// Subscribers keep persistent sessions (clean session off) and reconnect with the
+    /// same client id whenever their broker goes away, until the run ends.
+    #[arg(long)]
+    pub sub_persistent: bool,
+    /// Script hook: create this file once every client is connected and subscribed.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Script hook: wait until this file exists before publishing.
+    #[arg(long, value_name = "FILE")]
+    pub go_file: Option<PathBuf>,
+    /// Script hook: create this file when publishing has ended (QoS ≥ 1: acknowledged).
+    #[arg(long, value_name = "FILE")]
+    pub published_file: Option<PathBuf>,
 }
 
 /// A throughput scenario preset.
@@ -172,6 +186,14 @@ pub async fn run(preset: Preset, args: &LoadArgs, global: &Global, paced: Option
         }
         Ok(LoadSpec {
             addr: global.addr()?,
+            sub_addr: global.sub_addr()?,
+            sub_topic_prefix: global.sub_topic_prefix.clone(),
+            sub_persistent: args.sub_persistent,
+            hooks: Hooks {
+                ready: args.ready_file.clone(),
+                go: args.go_file.clone(),
+                published: args.published_file.clone(),
+            },
             plan,
             qos,
             layout: Arc::new(layout),
