@@ -18,19 +18,53 @@ use tern_edge::bridge::{BrokerPort, OutboundRule, PortOpener, PortSpec};
 pub(crate) struct Gateways {
     opener: PortOpener,
     max_queued_messages: usize,
+    /// Downstream filters must name the gateway (see `check_downstream`).
+    restrict_downstream: bool,
     /// Open ports with the Hello they were opened for.
     ports: Mutex<HashMap<String, (PortSpec, Arc<BrokerPort>)>>,
 }
 
 impl Gateways {
-    /// Ports on the broker behind `opener`, each queue holding at most `max_queued_messages`.
-    pub(crate) fn new(opener: PortOpener, max_queued_messages: usize) -> Self {
+    /// Ports on the broker behind `opener`, each queue holding at most
+    /// `max_queued_messages`; with `restrict_downstream`, a gateway may only subscribe
+    /// to filters that name it.
+    pub(crate) fn new(
+        opener: PortOpener,
+        max_queued_messages: usize,
+        restrict_downstream: bool,
+    ) -> Self {
         Gateways {
             opener,
             max_queued_messages,
+            restrict_downstream,
             ports: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// A downstream filter a gateway asks for must be a valid filter and, when restricted,
+/// have the gateway id as one of its levels before any wildcard (`commands/gw1/#`), so a
+/// gateway's certificate does not open the cloud's other traffic to it.
+fn check_downstream(gateway_id: &str, filter: &str, restricted: bool) -> Result<(), String> {
+    if !tern_core::mqtt::topic::valid_topic_filter(filter, 0) {
+        return Err(format!("downstream filter {filter:?} is not valid"));
+    }
+    if filter.starts_with("$share/") {
+        return Err(format!(
+            "downstream filter {filter:?}: shared subscriptions are not bridged"
+        ));
+    }
+    let names_gateway = filter
+        .split('/')
+        .take_while(|level| *level != "+" && *level != "#")
+        .any(|level| level == gateway_id);
+    if restricted && !names_gateway {
+        return Err(format!(
+            "downstream filter {filter:?} does not name gateway {gateway_id:?} before its \
+             wildcards (acceptor.restrict_downstream)"
+        ));
+    }
+    Ok(())
 }
 
 impl PortFactory for Gateways {
@@ -47,9 +81,7 @@ impl PortFactory for Gateways {
         }
         let mut outbound = vec![Vec::new(); usize::from(classes)];
         for (filter, class) in downstream {
-            if !tern_core::mqtt::topic::valid_topic_filter(filter, 0) {
-                return Err(format!("downstream filter {filter:?} is not valid"));
-            }
+            check_downstream(gateway_id, filter, self.restrict_downstream)?;
             let Some(rules) = outbound.get_mut(usize::from(*class)) else {
                 return Err(format!(
                     "downstream filter {filter:?} names class {class}, of {classes}"
@@ -129,5 +161,29 @@ impl MetricsSource for GatewayMetrics {
             })
             .collect();
         render_links(out, "tern_gateway", "for the gateway", &links);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_downstream;
+
+    #[test]
+    fn downstream_filters_must_name_their_gateway() {
+        assert!(check_downstream("gw1", "commands/gw1/#", true).is_ok());
+        assert!(check_downstream("gw1", "gw1/+/set", true).is_ok());
+        assert!(check_downstream("gw1", "commands/gw1", true).is_ok());
+        for filter in [
+            "#",
+            "commands/#",
+            "commands/+/gw1",
+            "commands/gw10/#",
+            "x/gw1x",
+        ] {
+            assert!(check_downstream("gw1", filter, true).is_err(), "{filter}");
+        }
+        assert!(check_downstream("gw1", "#", false).is_ok(), "unrestricted");
+        assert!(check_downstream("gw1", "a/#/b", false).is_err(), "invalid");
+        assert!(check_downstream("gw1", "$share/g/commands/gw1/#", false).is_err());
     }
 }

@@ -68,6 +68,7 @@ impl Cloud {
             let gateways = Arc::new(gateways::Gateways::new(
                 cloud.edge.port_opener(),
                 config.acceptor.max_queued_messages,
+                config.acceptor.restrict_downstream,
             ));
             cloud.acceptor_addr = Some(addr);
             cloud

@@ -766,3 +766,35 @@ async fn bridge_status_in_sys_topics() {
         );
     }
 }
+
+/// A gateway whose downstream subscriptions reach beyond its own topics is refused (the
+/// cloud's `acceptor.restrict_downstream`, on by default), with the reason on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_asking_for_all_traffic_is_refused() {
+    let certs = make_certs(&["gw1"]);
+    let acceptor = free_port();
+    let mut cloud = cloud(&certs, acceptor);
+    start(&mut cloud);
+    let mut greedy = edge(&EdgeSetup {
+        gateway: "gw1",
+        certs: &certs,
+        endpoint: format!("127.0.0.1:{acceptor}"),
+        link: "\n[[bridge.subscribe]]\ntopic = \"#\"\nclass = \"bulk\"\n",
+        transport: "quic",
+    });
+    start(&mut greedy);
+    let refused = greedy.wait_log_line(&["restrict_downstream"], Duration::from_secs(20));
+    assert!(
+        refused.is_some(),
+        "the gateway did not log why it was refused:\n{}",
+        greedy.run_log()
+    );
+    assert!(
+        cloud
+            .wait_log_line(&["refused gateway"], Duration::from_secs(5))
+            .is_some(),
+        "the cloud did not log the refusal:\n{}",
+        cloud.run_log()
+    );
+    assert!(!greedy.run_log().contains("bridge: connected peer"));
+}

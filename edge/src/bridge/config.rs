@@ -170,6 +170,9 @@ pub struct AcceptorConfig {
     pub crl: PathBuf,
     /// Most downstream messages queued per gateway and class while it is away.
     pub max_queued_messages: usize,
+    /// A gateway may only subscribe downstream to filters that name it as a level
+    /// before any wildcard (`commands/gw1/#`); otherwise it is refused.
+    pub restrict_downstream: bool,
     /// Batching, windows and rate limits towards gateways.
     pub link: LinkConfig,
 }
@@ -184,6 +187,7 @@ impl Default for AcceptorConfig {
             key: PathBuf::new(),
             crl: PathBuf::new(),
             max_queued_messages: 100_000,
+            restrict_downstream: true,
             link: LinkConfig::default(),
         }
     }
