@@ -6,8 +6,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
+use tern_tests::{cloud_binary, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A response: status code, headers (lower-case names), body.
@@ -227,4 +231,155 @@ async fn admin_binds_loopback_by_default() {
             "admin reachable on {outside}, not only on loopback"
         );
     }
+}
+
+/// The admin address a spawned node logged (the last run's).
+fn logged_admin_addr(node: &Broker) -> SocketAddr {
+    let line = node
+        .wait_log_line(&["admin listening on http://"], WAIT)
+        .expect("the admin address is logged");
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("address in {line:?}"))
+}
+
+/// Scrapes `addr` until every `(series, at least)` holds, or panics after 30 s.
+async fn wait_metrics(addr: SocketAddr, want: &[(&str, f64)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = get(addr, "/metrics").await.body;
+        check_exposition(&text);
+        if want
+            .iter()
+            .all(|(series, least)| value(&text, series).is_some_and(|v| v >= *least))
+        {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "waiting for {want:?} in\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn certs_cmd(args: &[&str]) {
+    let out = Command::new(cloud_binary())
+        .arg("certs")
+        .args(args)
+        .output()
+        .expect("run tern-cloud certs");
+    assert!(out.status.success(), "tern-cloud certs {args:?}: {out:?}");
+}
+
+fn bridge_config(certs: &Path, acceptor: u16) -> String {
+    let c = certs.display();
+    format!(
+        r#"
+[bridge]
+enabled = true
+gateway_id = "gw1"
+endpoints = ["127.0.0.1:{acceptor}"]
+ca = "{c}/ca.pem"
+cert = "{c}/gateways/gw1.pem"
+key = "{c}/gateways/gw1.key"
+classes = ["alarm", "telemetry"]
+
+[[bridge.forward]]
+topic = "sensors/#"
+remote_prefix = "site/gw1/"
+qos = 1
+class = "telemetry"
+
+[[bridge.subscribe]]
+topic = "commands/gw1/#"
+class = "alarm"
+"#
+    )
+}
+
+/// A gateway bridged to a cloud: the gateway's `/metrics` shows its link and upstream
+/// backlog per class (`tern_bridge_*{class}`), the cloud's shows the gateway
+/// (`tern_gateway_*{gateway,class}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_and_gateway_metrics() {
+    if tern_tests::external_broker().is_some() {
+        eprintln!("SKIP: bridge_and_gateway_metrics: needs its own tern-edge and tern-cloud");
+        return;
+    }
+    let certs = std::env::temp_dir().join(unique("tern-admin-certs"));
+    let d = certs.display().to_string();
+    certs_cmd(&["init", "--dir", &d, "--name", "127.0.0.1"]);
+    certs_cmd(&["issue-gateway", "gw1", "--dir", &d]);
+    let acceptor = free_port();
+    let bind = format!("127.0.0.1:{acceptor}");
+    let (ca, cert, key) = (
+        format!("{d}/ca.pem"),
+        format!("{d}/server.pem"),
+        format!("{d}/server.key"),
+    );
+    let mut cloud = Broker::cloud_stopped(&[
+        ("TERN_ACCEPTOR__BIND", &bind),
+        ("TERN_ACCEPTOR__CA", &ca),
+        ("TERN_ACCEPTOR__CERT", &cert),
+        ("TERN_ACCEPTOR__KEY", &key),
+        ("TERN_ADMIN__BIND", "127.0.0.1:0"),
+    ]);
+    cloud
+        .try_start(Duration::from_secs(20))
+        .expect("cloud starts");
+    let mut edge = Broker::configured_stopped(&[], "bridge").expect("spawned tern-edge");
+    edge.set_config_file(&bridge_config(&certs, acceptor));
+    edge.try_start(Duration::from_secs(20))
+        .expect("edge starts");
+    let edge_admin = logged_admin_addr(&edge);
+    let cloud_admin = logged_admin_addr(&cloud);
+
+    let mut publisher = v4::client(&edge, &unique("admin-bridge-pub")).await;
+    for i in 0..3 {
+        publisher
+            .publish(
+                "sensors/t",
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("{i}").as_bytes(),
+            )
+            .await;
+    }
+    let text = wait_metrics(
+        edge_admin,
+        &[
+            ("tern_bridge_connected", 1.0),
+            ("tern_bridge_acked_seq{class=\"telemetry\"}", 3.0),
+            ("tern_bridge_messages_sent_total{class=\"telemetry\"}", 3.0),
+        ],
+    )
+    .await;
+    assert_eq!(
+        metric(&text, "tern_bridge_backlog_messages{class=\"telemetry\"}"),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("tern_bridge_backlog_oldest_seconds{class=\"alarm\"} 0\n"),
+        "{text}"
+    );
+    let text = wait_metrics(
+        cloud_admin,
+        &[
+            ("tern_gateway_connected{gateway=\"gw1\"}", 1.0),
+            (
+                "tern_gateway_messages_received_total{gateway=\"gw1\",class=\"telemetry\"}",
+                3.0,
+            ),
+        ],
+    )
+    .await;
+    assert!(
+        text.contains("tern_gateway_backlog_messages{gateway=\"gw1\",class=\"alarm\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tern_bridge_"),
+        "the cloud runs no bridge client"
+    );
 }
