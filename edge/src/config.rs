@@ -287,6 +287,9 @@ pub struct AuthConfig {
     /// Failed logins allowed per client address per minute before its CONNECTs are
     /// refused with 0x9F unchecked (0 = no limit).
     pub max_login_failures: u32,
+    /// Password checks running at once, each holding the hash's argon2 memory (about
+    /// 19 MiB with `tern-edge passwd`'s parameters); 0 = one per core, at most 4.
+    pub verify_threads: usize,
 }
 
 impl Default for AuthConfig {
@@ -295,6 +298,7 @@ impl Default for AuthConfig {
             allow_anonymous: false,
             password_file: PathBuf::new(),
             max_login_failures: 5,
+            verify_threads: 0,
         }
     }
 }

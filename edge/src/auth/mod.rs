@@ -121,12 +121,16 @@ impl std::fmt::Debug for Authenticator {
 fn spawn_verifiers(
     db: Arc<PasswordDb>,
     results: mpsc::UnboundedSender<Verified>,
+    threads: usize,
 ) -> Result<SyncSender<Job>, AuthSetupError> {
     let (jobs, queue) = sync_channel::<Job>(MAX_PENDING);
     let queue = Arc::new(Mutex::new(queue));
-    let parallel = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, MAX_PARALLEL);
+    let parallel = match threads {
+        0 => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, MAX_PARALLEL),
+        n => n.min(MAX_PARALLEL),
+    };
     for n in 0..parallel {
         let (db, queue, results) = (db.clone(), queue.clone(), results.clone());
         std::thread::Builder::new()
@@ -194,7 +198,7 @@ impl Authenticator {
         }
         let (results, receiver) = mpsc::unbounded_channel();
         let verifier = match passwords {
-            Some(db) => Some(spawn_verifiers(db, results)?),
+            Some(db) => Some(spawn_verifiers(db, results, config.verify_threads)?),
             None => None,
         };
         let auth = Authenticator {
