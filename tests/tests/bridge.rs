@@ -13,6 +13,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Broker;
@@ -162,8 +164,16 @@ fn start(b: &mut Broker) {
 }
 
 impl Site {
-    /// A started cloud and gateway `gw1` dialing it directly.
+    /// A started cloud and gateway `gw1` dialing it directly, bridged.
     fn new(link: &str) -> Site {
+        let site = Site::build(link, "auto", |acceptor| format!("127.0.0.1:{acceptor}"));
+        site.wait_bridged();
+        site
+    }
+
+    /// A started cloud and a started gateway `gw1` (with extra `[bridge.link]` lines
+    /// `link`) dialing `endpoint(acceptor port)` over `transport`; not waited for.
+    fn build(link: &str, transport: &str, endpoint: impl FnOnce(u16) -> String) -> Site {
         let certs = make_certs(&["gw1"]);
         let acceptor = free_port();
         let mut cloud = cloud(&certs, acceptor);
@@ -171,18 +181,16 @@ impl Site {
         let mut edge = edge(&EdgeSetup {
             gateway: "gw1",
             certs: &certs,
-            endpoint: format!("127.0.0.1:{acceptor}"),
+            endpoint: endpoint(acceptor),
             link,
-            transport: "auto",
+            transport,
         });
         start(&mut edge);
-        let site = Site {
+        Site {
             cloud,
             edge,
             acceptor,
-        };
-        site.wait_bridged();
-        site
+        }
     }
 
     /// Waits until the gateway's bridge is connected (the cloud logs its Hello).
@@ -212,6 +220,16 @@ fn options(b: &Broker, id: &str, clean: bool) -> MqttOptions {
 /// Publishes `payloads` at QoS 1 on `topic` with up to 64 in flight; returns the
 /// payloads the broker acknowledged (stops early when the connection fails).
 async fn publish_all(b: &Broker, topic: &str, payloads: &[String]) -> Vec<String> {
+    publish_counted(b, topic, payloads, &AtomicUsize::new(0)).await
+}
+
+/// [`publish_all`], counting acknowledgements in `acks` as they come.
+async fn publish_counted(
+    b: &Broker,
+    topic: &str,
+    payloads: &[String],
+    acks: &AtomicUsize,
+) -> Vec<String> {
     let (client, mut el) = AsyncClient::new(options(b, &tern_tests::unique("pub"), true), 256);
     let mut acked = Vec::new();
     let mut sent: BTreeMap<u16, String> = BTreeMap::new();
@@ -237,6 +255,7 @@ async fn publish_all(b: &Broker, topic: &str, payloads: &[String]) -> Vec<String
             Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
                 if let Some(p) = sent.remove(&ack.pkid) {
                     acked.push(p);
+                    acks.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Ok(Ok(_)) => {}
@@ -422,16 +441,12 @@ async fn edge_sigkilled_mid_transfer() {
     let mut site = Site::new("");
     let mut up = Collector::subscribe(&site.cloud, "site/gw1/#").await;
     let payloads = numbered("k", 6000);
-    let pid = site.edge.pid().expect("edge pid");
-    let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        // SAFETY: plain kill(2) on a child process id we spawned.
-        unsafe { libc_kill(pid) };
-    });
-    let mut acked = publish_all(&site.edge, "sensors/k", &payloads).await;
+    let acks = Arc::new(AtomicUsize::new(0));
+    let killer = kill_after(site.edge.pid().expect("edge pid"), &acks, 2000);
+    let mut acked = publish_counted(&site.edge, "sensors/k", &payloads, &acks).await;
     killer.await.expect("killer");
     assert!(
-        !acked.is_empty() && acked.len() < payloads.len(),
+        acked.len() < payloads.len(),
         "the kill did not land mid-stream ({} of {} acknowledged)",
         acked.len(),
         payloads.len()
@@ -453,13 +468,9 @@ async fn cloud_sigkilled_mid_transfer() {
     let mut site = Site::new("");
     let mut up = Collector::subscribe(&site.cloud, "site/gw1/#").await;
     let payloads = numbered("x", 6000);
-    let pid = site.cloud.pid().expect("cloud pid");
-    let killer = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        // SAFETY: plain kill(2) on a child process id we spawned.
-        unsafe { libc_kill(pid) };
-    });
-    let acked = publish_all(&site.edge, "sensors/x", &payloads).await;
+    let acks = Arc::new(AtomicUsize::new(0));
+    let killer = kill_after(site.cloud.pid().expect("cloud pid"), &acks, 2000);
+    let acked = publish_counted(&site.edge, "sensors/x", &payloads, &acks).await;
     killer.await.expect("killer");
     assert_eq!(acked.len(), payloads.len(), "the edge kept acknowledging");
     site.cloud.kill();
@@ -602,10 +613,6 @@ async fn wrong_and_revoked_certificates_are_refused() {
 /// blackhole; the bridge keeps delivering, without loss or duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impaired_link_with_a_blackhole() {
-    let certs = make_certs(&["gw1"]);
-    let acceptor = free_port();
-    let mut cloud = cloud(&certs, acceptor);
-    start(&mut cloud);
     let impairment = Impairment {
         delay: Duration::from_millis(100),
         jitter: Duration::from_millis(10),
@@ -614,26 +621,20 @@ async fn impaired_link_with_a_blackhole() {
         rate_bits_per_sec: Some(1_000_000),
         seed: 6,
     };
-    let relay_port = free_port();
-    let relay = Relay::udp(
-        format!("127.0.0.1:{relay_port}").parse().expect("addr"),
-        format!("127.0.0.1:{acceptor}").parse().expect("addr"),
-        impairment,
-    )
-    .expect("relay");
-    let mut edge = edge(&EdgeSetup {
-        gateway: "gw1",
-        certs: &certs,
-        endpoint: format!("127.0.0.1:{relay_port}"),
-        link: "",
-        transport: "quic",
+    let mut relay = None;
+    let site = Site::build("", "quic", |acceptor| {
+        let port = free_port();
+        relay = Some(
+            Relay::udp(
+                format!("127.0.0.1:{port}").parse().expect("addr"),
+                format!("127.0.0.1:{acceptor}").parse().expect("addr"),
+                impairment,
+            )
+            .expect("relay"),
+        );
+        format!("127.0.0.1:{port}")
     });
-    start(&mut edge);
-    let site = Site {
-        cloud,
-        edge,
-        acceptor,
-    };
+    let relay = relay.expect("relay started");
     site.wait_bridged();
     let mut up = Collector::subscribe(&site.cloud, "site/gw1/#").await;
     let before = numbered("i", 1500);
@@ -657,44 +658,43 @@ async fn impaired_link_with_a_blackhole() {
     eprintln!("relay: {:?}", relay.stats());
 }
 
-/// SIGKILL without waiting (the harness's `kill` also reaps; this one races a publisher).
-unsafe fn libc_kill(pid: u32) {
-    // SAFETY: the caller passes a process id of a child it spawned.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+/// SIGKILLs process `pid` (a child we spawned) once `acks` reaches `threshold`, while a
+/// publisher keeps going; the harness's own `kill` then reaps it.
+fn kill_after(pid: u32, acks: &Arc<AtomicUsize>, threshold: usize) -> tokio::task::JoinHandle<()> {
+    let acks = Arc::clone(acks);
+    tokio::spawn(async move {
+        let deadline = Instant::now() + DELIVERY_DEADLINE;
+        while acks.load(Ordering::Relaxed) < threshold && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // SAFETY: kill(2) has no memory effects; `pid` is a child process we spawned
+        // and have not reaped, so it cannot name another process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    })
 }
 
 /// UDP blocked: the gateway falls back to TLS over TCP (after a dead first endpoint:
 /// failover), and forwarding works the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_fallback_and_endpoint_failover() {
-    let certs = make_certs(&["gw1"]);
-    let acceptor = free_port();
-    let mut cloud = cloud(&certs, acceptor);
-    start(&mut cloud);
-    // Only TCP reaches the cloud through this port: QUIC datagrams go nowhere.
-    let relay_port = free_port();
-    let _relay = Relay::tcp(
-        format!("127.0.0.1:{relay_port}").parse().expect("addr"),
-        format!("127.0.0.1:{acceptor}").parse().expect("addr"),
-        Impairment::default(),
-    )
-    .expect("relay");
-    let dead = free_port();
-    let mut edge = edge(&EdgeSetup {
-        gateway: "gw1",
-        certs: &certs,
-        endpoint: format!("127.0.0.1:{dead}\", \"127.0.0.1:{relay_port}"),
-        link: "",
-        transport: "auto",
+    // Only TCP reaches the cloud through the relay's port: QUIC datagrams go nowhere.
+    // The first endpoint has nothing listening at all.
+    let (mut relay, mut relay_port) = (None, 0);
+    let site = Site::build("", "auto", |acceptor| {
+        relay_port = free_port();
+        relay = Some(
+            Relay::tcp(
+                format!("127.0.0.1:{relay_port}").parse().expect("addr"),
+                format!("127.0.0.1:{acceptor}").parse().expect("addr"),
+                Impairment::default(),
+            )
+            .expect("relay"),
+        );
+        format!("127.0.0.1:{}\", \"127.0.0.1:{relay_port}", free_port())
     });
-    start(&mut edge);
-    let site = Site {
-        cloud,
-        edge,
-        acceptor,
-    };
+    let _relay = relay.expect("relay started");
     site.wait_bridged();
     let connected = site
         .edge
@@ -771,18 +771,15 @@ async fn bridge_status_in_sys_topics() {
 /// cloud's `acceptor.restrict_downstream`, on by default), with the reason on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_asking_for_all_traffic_is_refused() {
-    let certs = make_certs(&["gw1"]);
-    let acceptor = free_port();
-    let mut cloud = cloud(&certs, acceptor);
-    start(&mut cloud);
-    let mut greedy = edge(&EdgeSetup {
-        gateway: "gw1",
-        certs: &certs,
-        endpoint: format!("127.0.0.1:{acceptor}"),
-        link: "\n[[bridge.subscribe]]\ntopic = \"#\"\nclass = \"bulk\"\n",
-        transport: "quic",
-    });
-    start(&mut greedy);
+    let Site {
+        cloud,
+        edge: greedy,
+        ..
+    } = Site::build(
+        "\n[[bridge.subscribe]]\ntopic = \"#\"\nclass = \"bulk\"\n",
+        "quic",
+        |acceptor| format!("127.0.0.1:{acceptor}"),
+    );
     let refused = greedy.wait_log_line(&["restrict_downstream"], Duration::from_secs(20));
     assert!(
         refused.is_some(),
