@@ -1,15 +1,12 @@
-//! The `tern-cloud` binary: parse arguments, load the profile (`cloud-single` unless
-//! told otherwise), set up logging, run the node; or manage bridge certificates.
+//! The `tern-cloud` binary: runs the cloud node on its profile (`cloud-single` unless
+//! told otherwise; start-up shared with `tern-edge` in `tern_edge::cli`), or manages
+//! the bridge certificates (`tern-cloud certs ...`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tern_edge::config::{profile_names, ConfigSources, EdgeConfig};
-
-/// Exit status for a configuration that cannot be used.
-const EXIT_CONFIG: u8 = 2;
+use tern_edge::cli::{after_help, fail, run_node, NodeArgs};
 
 /// The profile used when `--profile` is not given.
 const DEFAULT_PROFILE: &str = "cloud-single";
@@ -21,18 +18,13 @@ const DEFAULT_CERT_DIR: &str = "./tern-cloud-data/certs";
 #[command(
     name = "tern-cloud",
     version,
-    about = "Tern cloud node: MQTT broker and bridge acceptor for tern-edge gateways"
+    about = "Tern cloud node: MQTT broker and bridge acceptor for tern-edge gateways",
+    after_help = after_help()
 )]
 struct Cli {
-    /// Deployment profile: a built-in name or a path to a TOML file (default cloud-single)
-    #[arg(long, value_name = "NAME|PATH")]
-    profile: Option<String>,
-    /// TOML file whose keys override the profile
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Print the effective configuration as TOML and exit
-    #[arg(long)]
-    print_config: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,52 +73,19 @@ fn main() -> ExitCode {
     if let Some(Command::Certs(command)) = cli.command {
         return certs(command);
     }
-    let profile = cli.profile.unwrap_or_else(|| DEFAULT_PROFILE.to_owned());
-    let sources = ConfigSources {
-        profile: Some(profile.clone()),
-        config_file: cli.config,
-        env: None,
+    let refuse = |config: &tern_edge::EdgeConfig| {
+        config
+            .bridge
+            .enabled
+            .then(|| "`bridge.enabled` = true: tern-cloud does not bridge onwards yet".to_owned())
     };
-    let config = match EdgeConfig::load(&sources) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}\n(built-in profiles: {})", profile_names());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    if cli.print_config {
-        return match config.to_toml() {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => fail(&error, 1),
-        };
-    }
-    if config.bridge.enabled {
-        eprintln!("error: `bridge.enabled` = true: tern-cloud does not bridge onwards yet");
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    if let Err(error) = tern_edge::init_logging(&config.log) {
-        return fail(&error, EXIT_CONFIG);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&error, 1),
-    };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), %profile, "tern-cloud starting");
-    let result = runtime.block_on(tern_cloud::run(config));
-    runtime.shutdown_timeout(Duration::from_millis(500));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(%error, "tern-cloud stopped");
-            fail(&error, 1)
-        }
-    }
+    run_node(
+        "tern-cloud",
+        cli.node,
+        DEFAULT_PROFILE,
+        refuse,
+        tern_cloud::run,
+    )
 }
 
 fn certs(command: CertsCommand) -> ExitCode {
@@ -153,9 +112,4 @@ fn certs(command: CertsCommand) -> ExitCode {
         }
         Err(error) => fail(&error, 1),
     }
-}
-
-fn fail(error: &dyn std::error::Error, code: u8) -> ExitCode {
-    eprintln!("error: {error}");
-    ExitCode::from(code)
 }

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bridge;
+pub mod cli;
 pub mod config;
 mod connection;
 mod group_commit;
