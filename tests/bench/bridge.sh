@@ -649,8 +649,26 @@ if rows:
         L.append(f"Goal ≥ 200,000 msg/s edge → cloud (QoS 1, verified, best row): {met} — {rate(best)} msg/s, "
                  f"{best / 200000:.2f}× the goal.")
         L.append("")
+    L.append("CPU per delivered message (CPU seconds over the run / messages delivered), and the rate the 2 cores "
+             "would allow at that cost if nothing else ran and every thread could use them:")
+    L.append("")
+    L.append("| QoS | in flight / rate | edge µs | cloud µs | tern-bench µs | total µs | ceiling at this cost, msg/s |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
     for qos, r, e, p in rows:
-        notes = [n for n in (r or {}).get("notes") or [] if not n.startswith("latency measured")]
+        t = (r or {}).get("throughput") or {}
+        d = num(t.get("delivered"))
+        if not d:
+            continue
+        eu = num(e.get("edge_cpu")) / d * 1e6
+        cu = num(e.get("cloud_cpu")) / d * 1e6
+        bu = num(((r or {}).get("resources") or {}).get("client_cpu_s")) / d * 1e6
+        tot = eu + cu + bu
+        infl = p.get("inflight", "?") if qos != "0" else f"{rate(num(p.get('rate')))} msg/s"
+        L.append(f"| {qos} | {infl} | {eu:.1f} | {cu:.1f} | {bu:.1f} | {tot:.1f} | "
+                 f"{rate(num(m.get('nproc'), 2) * 1e6 / tot) if tot else '?'} |")
+    L.append("")
+    for qos, r, e, p in rows:
+        notes = [n for n in (r or {}).get("notes") or [] if not n.startswith("latency")]
         if notes:
             L.append(f"QoS {qos} (in flight {p.get('inflight', '?')}) notes from tern-bench: " + "; ".join(notes) + ".")
             L.append("")
