@@ -415,7 +415,7 @@ fi
 drain() {
     local name=$1 mode=$2 B="$RES/$1" persistent=() before lost_before n r rc=0 i
     local t_go t_noticed="" t_published t_up t_up_ready t_connected="" t_done e0 c0
-    local edge_rss_idle edge_rss_backlog edge_hwm_fill edge_rss_peak store_bytes
+    local edge_rss_idle edge_rss_backlog edge_hwm_fill edge_rss_peak edge_rss_after store_bytes
     if [ "$mode" = outage ]; then
         site "$name" "$B.relay.out"
     else
@@ -483,6 +483,8 @@ drain() {
     t_done=$(now)
     wait "$BENCH_PID" || rc=$?
     BENCH_PID=""
+    sleep 2 # the backlog is gone: what does the edge keep?
+    edge_rss_after=$(rss_kib "$EDGE_PID")
     # The edge's own timestamps are more precise than the polling above.
     r=$(log_time "$SITE/edge.log" "bridge: disconnected" $((lost_before + 1)))
     [ -z "$r" ] || t_noticed=$r
@@ -502,6 +504,7 @@ drain() {
         echo "edge_rss_backlog_kib=$edge_rss_backlog"
         echo "edge_hwm_fill_kib=$edge_hwm_fill"
         echo "edge_rss_peak_drain_kib=$edge_rss_peak"
+        echo "edge_rss_after_kib=$edge_rss_after"
         echo "edge_hwm_kib=$(hwm_kib "$EDGE_PID")"
         echo "edge_store_bytes=$store_bytes"
         echo "edge_cpu_drain=$(echo "($(cpu_ticks "$EDGE_PID") - $e0) / $TICKS" | bc -l)"
@@ -577,6 +580,8 @@ def rate(x):
     return f"{x:,.0f}"
 
 def mib(kib):
+    if kib in (None, ""):
+        return "–"
     return f"{num(kib) / 1024:,.0f} MiB"
 
 def verdict(r):
@@ -709,8 +714,9 @@ if drains:
         pub = num(d.get("publish_secs"))
         return f"{n:,} in {pub:.1f} s ({rate(n / pub if pub else 0)} msg/s)"
     row("backlog into the edge, acknowledged", backlog_in)
-    row("edge RSS: before / with the backlog / peak during the drain",
-        lambda d, r: f"{mib(d.get('edge_rss_idle_kib'))} / {mib(d.get('edge_rss_backlog_kib'))} / {mib(d.get('edge_rss_peak_drain_kib'))}")
+    row("edge RSS: before / with the backlog / peak during the drain / 2 s after it",
+        lambda d, r: f"{mib(d.get('edge_rss_idle_kib'))} / {mib(d.get('edge_rss_backlog_kib'))} / "
+                     f"{mib(d.get('edge_rss_peak_drain_kib'))} / {mib(d.get('edge_rss_after_kib'))}")
     row("edge data directory with the backlog", lambda d, r: f"{num(d.get('edge_store_bytes')) / 1048576:,.0f} MiB")
     row("link down → the edge's bridge notices (edge log)",
         lambda d, r: f"{num(d.get('stop_to_noticed')):.1f} s" if d.get("stop_to_noticed") else "not seen")
