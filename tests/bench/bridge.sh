@@ -41,6 +41,8 @@
 #   --only X    run only part a, b or c (the report shows what ran)
 #   --label T   what was measured, for the report (default: the commit, or the binary date)
 #   --report D  only print (and with --write, write) the report of an earlier run's D
+#   --also D    add the headline figures of an earlier run's results directory D to a
+#               table of repeat runs (repeatable), to show how much the figures vary
 # Environment: CARGO_TARGET_DIR (default <repo>/target), BRIDGE_BENCH_SECONDS (part a
 # duration, default 20), BRIDGE_BENCH_BACKLOG (part b, default 1000000),
 # BRIDGE_BENCH_PUBS (publishers in parts a and b, default 4), BRIDGE_BENCH_INFLIGHT (QoS 1
@@ -55,6 +57,7 @@ OUT=""
 ONLY="abc"
 LABEL=""
 REPORT_ONLY=""
+ALSO=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -64,6 +67,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY="$2"; shift ;;
         --label) LABEL="$2"; shift ;;
         --report) REPORT_ONLY="$2"; shift ;;
+        --also) ALSO+=("$2"); shift ;;
         -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
         *) echo "bridge.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -542,10 +546,11 @@ echo "load_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RES/machine.txt"
 fi # not REPORT_ONLY
 
 # --- report ------------------------------------------------------------------------------
-python3 - "$RES" "$OUT" "$WRITE" <<'PY'
+python3 - "$RES" "$OUT" "$WRITE" "${ALSO[@]}" <<'PY'
 import json, os, re, sys
 
 res, out, write = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+also = sys.argv[4:]
 
 def kv(path):
     d = {}
@@ -780,6 +785,38 @@ if c:
     L.append(f"| verification | {t.get('delivered', 0):,} of {t.get('expected', 0):,} distinct, lost {t.get('lost', 0):,}, "
              f"duplicates {t.get('duplicates', 0):,}, reordered {t.get('reordered', 0):,}: {verdict(r)} |")
     L.append(f"| CPU s: edge / cloud | {num(c.get('edge_cpu')):.1f} / {num(c.get('cloud_cpu')):.1f} |")
+    L.append("")
+
+# repeat runs
+if also:
+    L.append("### Repeat runs")
+    L.append("")
+    L.append("The same script on the same machine at other times (other work was running: see the load). The "
+             "per-message CPU cost stays about the same; the throughput follows the CPU left for the three processes.")
+    L.append("")
+    L.append("| run (UTC) | load average at start | QoS 1, 256 in flight, msg/s | QoS 1, 1024 in flight, msg/s | "
+             "drain after cloud restart | drain after link outage | impaired link, msg/s | verdicts |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---|")
+    for d in [res] + also:
+        mm = kv(os.path.join(d, "machine.txt"))
+        def a_rate(name):
+            r = load_json(os.path.join(d, f"a-{name}.json"))
+            return num(((r or {}).get("throughput") or {}).get("delivered_rate")), r
+        def drain_s(name):
+            e = kv(os.path.join(d, f"{name}.env"))
+            t = num(e.get("connected_to_done"))
+            return f"{t:.1f} s" if t else "–", load_json(os.path.join(d, f"{name}.json"))
+        q1, r1 = a_rate("q1")
+        q1w, r2 = a_rate("q1w")
+        br, r3 = drain_s("b")
+        bo, r4 = drain_s("b-outage")
+        rc_ = load_json(os.path.join(d, "c.json"))
+        cr = num(((rc_ or {}).get("throughput") or {}).get("delivered_rate"))
+        oks = [r for r in (r1, r2, r3, r4, rc_) if r is not None]
+        v = "all ok" if oks and all(r.get("ok") for r in oks) else "see run"
+        mark = " (this section)" if d == res else ""
+        L.append(f"| {mm.get('date', '?')}{mark} | {mm.get('load_start', '?')} | {rate(q1)} | {rate(q1w)} | "
+                 f"{br} | {bo} | {rate(cr)} | {v} |")
     L.append("")
 
 # commands
