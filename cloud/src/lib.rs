@@ -23,6 +23,9 @@ use tokio::task::JoinHandle;
 
 pub use tern_edge::config;
 
+/// How long the acceptor gets to close the gateways' links at shutdown.
+const ACCEPTOR_GRACE: Duration = Duration::from_secs(3);
+
 /// Why the cloud node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -120,8 +123,16 @@ impl Cloud {
     pub async fn run_until(mut self, stop: impl Future<Output = ()>) {
         stop.await;
         self.edge.shutdown().await;
-        if let Some(task) = self.acceptor.take() {
-            task.abort();
+        // The acceptor saw the same shutdown signal: it closes the gateways' links and
+        // tells them (bounded by the transport's flush time).
+        if let Some(mut task) = self.acceptor.take() {
+            if tokio::time::timeout(ACCEPTOR_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("bridge acceptor did not stop in time; cutting it off");
+                task.abort();
+            }
         }
     }
 }

@@ -423,6 +423,15 @@ async fn cloud_stopped_under_load_then_restarted() {
     let first = numbered("a", 500);
     let mut acked = publish_all(&site.edge, "sensors/a", &first).await;
     site.cloud.stop();
+    // A cloud that shuts down tells its gateways, so they do not wait for the QUIC idle
+    // timeout (15 s) to notice.
+    assert!(
+        site.edge
+            .wait_log_line(&["disconnected from the cloud"], Duration::from_secs(5))
+            .is_some(),
+        "the gateway did not notice the cloud's shutdown within 5 s:\n{}",
+        site.edge.run_log()
+    );
     let second = numbered("b", 3000);
     acked.extend(publish_all(&site.edge, "sensors/b", &second).await);
     assert_eq!(acked.len(), first.len() + second.len());

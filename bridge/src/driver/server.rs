@@ -95,8 +95,10 @@ pub async fn run_server(
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    drop(acceptor);
     while tasks.join_next().await.is_some() {}
+    // Tell the gateways now, not after their idle timeout, so they reconnect as soon
+    // as the cloud is back.
+    acceptor.shutdown("cloud shutting down").await;
 }
 
 fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {

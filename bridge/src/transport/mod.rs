@@ -73,6 +73,9 @@ const BIND_ATTEMPTS: usize = 16;
 /// Longest close reason sent to the peer, in bytes.
 const MAX_CLOSE_REASON: usize = 1024;
 
+/// Longest [`Acceptor::shutdown`] waits for the peers to be told.
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
 /// Which transport carries a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TransportKind {
@@ -536,6 +539,17 @@ impl Acceptor {
     /// succeeded, or why one failed (already logged). `None` once the acceptor stopped.
     pub async fn accept(&self) -> Option<Result<Channel, TransportError>> {
         self.incoming.lock().await.recv().await
+    }
+
+    /// Closes every QUIC connection with `reason` and waits (at most
+    /// [`SHUTDOWN_FLUSH`]) until the peers were told, so gateways notice a cloud that
+    /// shuts down at once instead of after the idle timeout. TCP connections close with
+    /// their sockets.
+    pub async fn shutdown(self, reason: &str) {
+        let reason = truncate_reason(reason);
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), reason.as_bytes());
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, self.endpoint.wait_idle()).await;
     }
 }
 
