@@ -619,6 +619,9 @@ struct Batch<'t> {
     meta: Table<'t, &'static str, &'static [u8]>,
     /// Reference counts of the messages the batch touched, as they stand now.
     counts: HashMap<u64, u64>,
+    /// A client id known to have a session now: consecutive ops of one session (a
+    /// burst of enqueues) look its session up once.
+    known_session: String,
     stats: StoreStats,
     /// Scratch buffer for encoding.
     buf: Vec<u8>,
@@ -636,13 +639,22 @@ impl<'t> Batch<'t> {
             cursors: txn.open_table(CURSORS)?,
             meta: txn.open_table(META)?,
             counts: HashMap::new(),
+            known_session: String::new(),
             stats,
             buf: Vec::with_capacity(256),
         })
     }
 
-    fn session_exists(&self, client_id: &str) -> Result<bool, Fail> {
-        Ok(self.sessions.get(client_id)?.is_some())
+    fn session_exists(&mut self, client_id: &str) -> Result<bool, Fail> {
+        if !self.known_session.is_empty() && self.known_session == client_id {
+            return Ok(true);
+        }
+        let exists = self.sessions.get(client_id)?.is_some();
+        if exists {
+            self.known_session.clear();
+            self.known_session.push_str(client_id);
+        }
+        Ok(exists)
     }
 
     /// The current reference count of `id`, `None` if no such message is stored.
@@ -693,6 +705,9 @@ impl<'t> Batch<'t> {
             }
             StoreOp::DeleteSession { client_id } => {
                 let cid: &str = client_id;
+                if self.known_session == cid {
+                    self.known_session.clear();
+                }
                 let removed = self.sessions.remove(cid)?.map(|g| g.value().len());
                 let Some(len) = removed else {
                     return Ok(());
@@ -746,7 +761,15 @@ impl<'t> Batch<'t> {
                 if !self.session_exists(cid)? {
                     return Err(unknown_session(client_id));
                 }
-                if self.entries.get((cid, *seq))?.is_some() {
+                // The insert reports a duplicate itself; a failed op aborts the whole
+                // transaction, so the overwritten entry is never committed.
+                self.buf.clear();
+                codec::encode_entry(entry, &mut self.buf);
+                if self
+                    .entries
+                    .insert((cid, *seq), self.buf.as_slice())?
+                    .is_some()
+                {
                     return Err(Fail::Invalid(InvalidOp::DuplicateEntry {
                         client_id: client_id.clone(),
                         seq: *seq,
@@ -760,9 +783,6 @@ impl<'t> Batch<'t> {
                         }))
                     }
                 }
-                self.buf.clear();
-                codec::encode_entry(entry, &mut self.buf);
-                self.entries.insert((cid, *seq), self.buf.as_slice())?;
                 self.stats.entries += 1;
                 self.stats.bytes += entry_bytes(cid, self.buf.len());
             }
