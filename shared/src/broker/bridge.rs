@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
-use super::persist::remove_entry;
 use super::session::{Delivery, Session, SessionId};
 use super::{Broker, Output};
 use crate::message::QoS;
@@ -264,26 +263,25 @@ impl Broker {
             return;
         };
         let mut removed = 0;
-        let mut ops = Vec::new();
+        let mut count = 0;
         while session.queue.front().is_some_and(|d| d.seq <= up_to) {
             if let Some(d) = session.queue.pop_front() {
                 removed += d.msg.payload.len() as u64;
-                if persistent {
-                    ops.push(remove_entry(session, d.seq));
-                }
+                count += 1;
             }
         }
         if let Some(bridge) = session.bridge.as_deref_mut() {
             bridge.bytes = bridge.bytes.saturating_sub(removed);
         }
-        if ops.is_empty() {
+        if count == 0 || !persistent {
             return;
         }
+        // One range removal per acknowledgement, not one op per message.
+        let client_id = session.client_id.clone();
         let name = seq_cursor(&session.client_id);
         let value = session.next_seq;
-        for op in ops {
-            self.outbox.op(op);
-        }
+        self.outbox
+            .op(StoreOp::RemoveEntriesUpTo { client_id, up_to });
         self.put_cursor(name, value);
     }
 

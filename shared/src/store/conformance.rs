@@ -64,6 +64,7 @@ macro_rules! store_conformance_tests {
             messages_live_while_referenced,
             message_may_move_between_entries_in_a_batch,
             entries_load_in_sequence_order,
+            remove_entries_up_to,
             enqueue_validation,
             update_entry,
             incoming_qos2,
@@ -122,6 +123,7 @@ suite!(
     messages_live_while_referenced,
     message_may_move_between_entries_in_a_batch,
     entries_load_in_sequence_order,
+    remove_entries_up_to,
     enqueue_validation,
     update_entry,
     incoming_qos2,
@@ -697,6 +699,41 @@ pub fn entries_load_in_sequence_order<F: StoreFactory>(factory: &mut F) {
     assert_eq!(seqs(&snap, &b), vec![3]);
     assert_eq!(seqs(&snap, &abc), vec![1]);
     assert_eq!(seqs(&snap, &a), vec![0, 1, 2, 256, 300, u64::MAX]);
+}
+
+/// A cumulative removal takes exactly the session's entries up to its sequence (not
+/// another session's, also with a prefix id), releases their messages, and is a no-op
+/// for an absent session or range.
+pub fn remove_entries_up_to<F: StoreFactory>(factory: &mut F) {
+    let mut store = factory.create(StoreLimits::default());
+    let (a, ab) = (cid(1), ByteString::from(format!("{}b", cid(1))));
+    let mut batch = vec![put_session(&a, 0), put_session(&ab, 0)];
+    for (seq, id) in [(1, 1), (2, 2), (5, 3), (9, 4)] {
+        batch.push(put_message(id));
+        batch.push(enqueue(&a, seq, id));
+    }
+    batch.push(enqueue(&ab, 1, 4));
+    ok(&mut store, &batch, "setup");
+    let up_to = |client: &ByteString, up_to: u64| StoreOp::RemoveEntriesUpTo {
+        client_id: client.clone(),
+        up_to,
+    };
+    ok(&mut store, &[up_to(&a, 5)], "cumulative removal");
+    let snap = checked(&store);
+    assert_eq!(seqs(&snap, &a), vec![9]);
+    assert_eq!(seqs(&snap, &ab), vec![1], "a prefix session keeps its entries");
+    assert_eq!(
+        snap.messages.keys().map(|id| id.0).collect::<Vec<_>>(),
+        vec![4],
+        "messages of removed entries are collected"
+    );
+    let before = store.stats();
+    ok(&mut store, &[up_to(&a, 5), up_to(&cid(7), 100)], "no-ops");
+    assert_eq!(store.stats(), before);
+    ok(&mut store, &[up_to(&a, u64::MAX), up_to(&ab, 1)], "the rest");
+    let snap = checked(&store);
+    assert!(seqs(&snap, &a).is_empty() && seqs(&snap, &ab).is_empty());
+    assert!(snap.messages.is_empty());
 }
 
 /// Enqueue needs a stored session and message and a free sequence.
@@ -1705,9 +1742,13 @@ fn random_op(rng: &mut XorShift, model: &Model, next_id: &mut u64, batch: &mut V
                 state,
             }
         }
-        65..=79 => StoreOp::RemoveEntry {
+        65..=76 => StoreOp::RemoveEntry {
             client_id: client,
             seq,
+        },
+        77..=79 => StoreOp::RemoveEntriesUpTo {
+            client_id: client,
+            up_to: seq,
         },
         80..=85 => StoreOp::AddIncomingQos2 {
             client_id: client,
@@ -1855,6 +1896,11 @@ impl Model {
             StoreOp::RemoveEntry { client_id, seq } => {
                 if let Some((_, entries, _)) = self.sessions.get_mut(client_id) {
                     entries.remove(seq);
+                }
+            }
+            StoreOp::RemoveEntriesUpTo { client_id, up_to } => {
+                if let Some((_, entries, _)) = self.sessions.get_mut(client_id) {
+                    entries.retain(|seq, _| seq > up_to);
                 }
             }
             StoreOp::AddIncomingQos2 {

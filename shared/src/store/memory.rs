@@ -181,6 +181,20 @@ impl MemoryStore {
                 // The state's size is fixed, so the byte estimate does not change.
                 entry.state = *new_state;
             }
+            StoreOp::RemoveEntriesUpTo { client_id, up_to } => {
+                let seqs: Vec<u64> = self
+                    .sessions
+                    .get(client_id)
+                    .map(|s| s.entries.range(..=*up_to).map(|(seq, _)| *seq).collect())
+                    .unwrap_or_default();
+                for seq in seqs {
+                    let one = StoreOp::RemoveEntry {
+                        client_id: client_id.clone(),
+                        seq,
+                    };
+                    self.apply_op(&one, undo, touched)?;
+                }
+            }
             StoreOp::RemoveEntry { client_id, seq } => {
                 let removed = self
                     .sessions

@@ -53,9 +53,9 @@
 //!    creates something that already exists, fails the batch with
 //!    [`StoreError::Invalid`] naming the index of the *first* failing op and why
 //!    ([`InvalidOp`]). Which ops can fail is documented on each [`StoreOp`] variant.
-//! 5. **Idempotent deletes.** Deleting something absent (session, entry, incoming
-//!    QoS 2 id, retained topic, cursor) succeeds and changes nothing, so replaying a
-//!    delete after a crash is harmless.
+//! 5. **Idempotent deletes.** Deleting something absent (session, entry or range of
+//!    entries, incoming QoS 2 id, retained topic, cursor) succeeds and changes nothing,
+//!    so replaying a delete after a crash is harmless.
 //! 6. **Cascade.** [`StoreOp::DeleteSession`] also deletes the session's entries and
 //!    incoming QoS 2 ids (and so releases its message references).
 //! 7. **Message lifetime.** A message is kept exactly as long as at least one entry
@@ -283,6 +283,14 @@ pub enum StoreOp {
         client_id: ByteString,
         /// Sequence of the entry.
         seq: u64,
+    },
+    /// Removes every entry of a session with a sequence up to `up_to` (a cumulative
+    /// acknowledgement, as the bridge gets); none, or no session, is a no-op.
+    RemoveEntriesUpTo {
+        /// Session of the entries.
+        client_id: ByteString,
+        /// Highest sequence removed.
+        up_to: u64,
     },
     /// Records an incoming QoS 2 packet id that got PUBREC; present is a no-op.
     /// Fails with [`InvalidOp::UnknownSession`].

@@ -804,6 +804,26 @@ impl<'t> Batch<'t> {
                 // Same length: the byte total does not change.
                 self.entries.insert((cid, *seq), value.as_slice())?;
             }
+            StoreOp::RemoveEntriesUpTo { client_id, up_to } => {
+                let cid: &str = client_id;
+                // One range walk instead of a lookup from the root per entry.
+                let mut released = Vec::new();
+                for row in self
+                    .entries
+                    .extract_from_if((cid, 0u64)..=(cid, *up_to), |_, _| true)?
+                {
+                    let (k, v) = row?;
+                    let v = v.value();
+                    let id = codec::entry_message(v)
+                        .map_err(|e| Fail::Decode("entries", format!("{:?}", k.value()), e))?;
+                    released.push((id, v.len()));
+                }
+                for (id, len) in released {
+                    dec(&mut self.stats.entries, 1);
+                    dec(&mut self.stats.bytes, entry_bytes(cid, len));
+                    self.release(id)?;
+                }
+            }
             StoreOp::RemoveEntry { client_id, seq } => {
                 let cid: &str = client_id;
                 let removed = match self.entries.remove((cid, *seq))? {
