@@ -53,7 +53,7 @@ impl Default for BridgeConfig {
             cert: PathBuf::new(),
             key: PathBuf::new(),
             classes: vec!["alarm".into(), "telemetry".into(), "bulk".into()],
-            max_queued_messages: 1_000_000,
+            max_queued_messages: 200_000,
             forward: Vec::new(),
             subscribe: Vec::new(),
             link: LinkConfig::default(),
