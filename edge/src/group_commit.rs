@@ -141,9 +141,15 @@ impl Committer {
             }
             match self.store.apply(&ops) {
                 Ok(()) => {
+                    // Usage first: whoever sees an acknowledgement released by this
+                    // commit also sees (in metrics, in the store budget) the bytes that
+                    // hold its message.
+                    self.server
+                        .store_usage(self.store.stats().bytes, self.limit);
                     if let Some(&(last, _)) = group.last() {
                         self.server.store_committed(last);
                     }
+                    continue;
                 }
                 Err(error) if group.len() > 1 && !matches!(error, StoreError::Io { .. }) => {
                     // One batch spoiled the group (e.g. it grows a full store): apply
