@@ -721,7 +721,11 @@ pub fn remove_entries_up_to<F: StoreFactory>(factory: &mut F) {
     ok(&mut store, &[up_to(&a, 5)], "cumulative removal");
     let snap = checked(&store);
     assert_eq!(seqs(&snap, &a), vec![9]);
-    assert_eq!(seqs(&snap, &ab), vec![1], "a prefix session keeps its entries");
+    assert_eq!(
+        seqs(&snap, &ab),
+        vec![1],
+        "a prefix session keeps its entries"
+    );
     assert_eq!(
         snap.messages.keys().map(|id| id.0).collect::<Vec<_>>(),
         vec![4],
@@ -730,7 +734,11 @@ pub fn remove_entries_up_to<F: StoreFactory>(factory: &mut F) {
     let before = store.stats();
     ok(&mut store, &[up_to(&a, 5), up_to(&cid(7), 100)], "no-ops");
     assert_eq!(store.stats(), before);
-    ok(&mut store, &[up_to(&a, u64::MAX), up_to(&ab, 1)], "the rest");
+    ok(
+        &mut store,
+        &[up_to(&a, u64::MAX), up_to(&ab, 1)],
+        "the rest",
+    );
     let snap = checked(&store);
     assert!(seqs(&snap, &a).is_empty() && seqs(&snap, &ab).is_empty());
     assert!(snap.messages.is_empty());
