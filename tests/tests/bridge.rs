@@ -804,3 +804,57 @@ async fn gateway_asking_for_all_traffic_is_refused() {
     );
     assert!(!greedy.run_log().contains("bridge: connected peer"));
 }
+
+/// One cloud, two gateways at once: each gateway's messages arrive under its own prefix,
+/// and each gets only its own commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_cloud() {
+    let certs = make_certs(&["gw1", "gw2"]);
+    let acceptor = free_port();
+    let mut cloud = cloud(&certs, acceptor);
+    start(&mut cloud);
+    let mut edges = Vec::new();
+    for gateway in ["gw1", "gw2"] {
+        let mut edge = edge(&EdgeSetup {
+            gateway,
+            certs: &certs,
+            endpoint: format!("127.0.0.1:{acceptor}"),
+            link: "",
+            transport: "auto",
+        });
+        start(&mut edge);
+        assert!(
+            edge.wait_log_line(&["bridge: connected peer"], Duration::from_secs(30))
+                .is_some(),
+            "{gateway} did not connect:\n{}",
+            edge.run_log()
+        );
+        edges.push(edge);
+    }
+    let mut up = Collector::subscribe(&cloud, "site/#").await;
+    let mut downs = Vec::new();
+    // Each gateway's local subscriber takes every command topic: another gateway's
+    // command arriving here would show up as a stranger.
+    for edge in &edges {
+        downs.push(Collector::subscribe(edge, "commands/#").await);
+    }
+    let mut acked = Vec::new();
+    let mut published = Vec::new();
+    for (edge, gateway) in edges.iter().zip(["gw1", "gw2"]) {
+        let payloads = numbered(gateway, 500);
+        acked.extend(publish_all(edge, "sensors/t", &payloads).await);
+        published.extend(payloads);
+    }
+    up.drain(&cloud, has_all(&acked), Duration::from_millis(500))
+        .await;
+    assert_exact(&up.got, &published, &acked, "two gateways upstream");
+    for (i, gateway) in ["gw1", "gw2"].into_iter().enumerate() {
+        let commands = numbered(&format!("cmd-{gateway}"), 50);
+        let acked = publish_all(&cloud, &format!("commands/{gateway}/valve"), &commands).await;
+        downs[i]
+            .drain(&edges[i], has_all(&acked), Duration::from_millis(700))
+            .await;
+        // Exact set: nothing of the other gateway's commands.
+        assert_exact(&downs[i].got, &commands, &acked, gateway);
+    }
+}
