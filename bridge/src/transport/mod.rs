@@ -73,6 +73,42 @@ const BIND_ATTEMPTS: usize = 16;
 /// Longest close reason sent to the peer, in bytes.
 const MAX_CLOSE_REASON: usize = 1024;
 
+/// One connection attempt to an endpoint over one transport: the errors it ends with.
+struct Attempt {
+    endpoint: String,
+    kind: TransportKind,
+    timeout: Duration,
+}
+
+impl Attempt {
+    /// An attempt at `endpoint` over `kind` that must be done by `deadline`.
+    fn new(endpoint: &Endpoint, kind: TransportKind, deadline: Instant) -> Self {
+        Attempt {
+            endpoint: endpoint.to_string(),
+            kind,
+            timeout: deadline.saturating_duration_since(Instant::now()),
+        }
+    }
+
+    /// The attempt ran out of time.
+    fn timed_out(&self) -> TransportError {
+        TransportError::Timeout {
+            endpoint: self.endpoint.clone(),
+            kind: self.kind,
+            after: self.timeout,
+        }
+    }
+
+    /// The connection could not be made, for `reason`.
+    fn failed(&self, reason: String) -> TransportError {
+        TransportError::Connect {
+            endpoint: self.endpoint.clone(),
+            kind: self.kind,
+            reason,
+        }
+    }
+}
+
 /// Longest [`Acceptor::shutdown`] waits for the peers to be told.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::lanes::{self, InboxTx, LaneTx};
 use super::tls::{self, TlsFailure};
 use super::{
-    Channel, ClientTls, Endpoint, Peer, SenderInner, ServerTls, TransportError, TransportKind,
-    IDLE_TIMEOUT, KEEP_ALIVE, MAX_FRAME, MAX_LANES, SERVER_HANDSHAKE_TIMEOUT,
+    Attempt, Channel, ClientTls, Endpoint, Peer, SenderInner, ServerTls, TransportError,
+    TransportKind, IDLE_TIMEOUT, KEEP_ALIVE, MAX_FRAME, MAX_LANES, SERVER_HANDSHAKE_TIMEOUT,
 };
 
 /// Receive window of one stream (lane), in bytes.
@@ -340,20 +340,10 @@ pub(super) async fn connect(
     tls: &ClientTls,
     deadline: Instant,
 ) -> Result<Channel, TransportError> {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let timed_out = || TransportError::Timeout {
-        endpoint: endpoint.to_string(),
-        kind: TransportKind::Quic,
-        after: timeout,
-    };
-    let connect_err = |reason: String| TransportError::Connect {
-        endpoint: endpoint.to_string(),
-        kind: TransportKind::Quic,
-        reason,
-    };
+    let attempt = Attempt::new(endpoint, TransportKind::Quic, deadline);
     let addr = *addrs
         .first()
-        .ok_or_else(|| connect_err("no address".to_owned()))?;
+        .ok_or_else(|| attempt.failed("no address".to_owned()))?;
     let local: SocketAddr = if addr.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -369,14 +359,14 @@ pub(super) async fn connect(
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|e| connect_err(e.to_string()))?;
+    .map_err(|e| attempt.failed(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(tls.quic.clone());
     config.transport_config(transport_config());
     let connecting = quic
         .connect_with(config, addr, &endpoint.host)
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|e| attempt.failed(e.to_string()))?;
     let conn = match tokio::time::timeout_at(deadline, connecting).await {
-        Err(_) => return Err(timed_out()),
+        Err(_) => return Err(attempt.timed_out()),
         Ok(Err(e)) => return Err(client_handshake_error(endpoint, e)),
         Ok(Ok(conn)) => conn,
     };
@@ -404,7 +394,7 @@ pub(super) async fn connect(
     let recv0 = match tokio::time::timeout_at(deadline, ready).await {
         Err(_) => {
             conn.close(VarInt::from_u32(CLOSE_NORMAL), b"no ready signal");
-            return Err(timed_out());
+            return Err(attempt.timed_out());
         }
         Ok(Err(e)) => {
             conn.close(VarInt::from_u32(CLOSE_NORMAL), b"handshake failed");

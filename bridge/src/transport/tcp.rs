@@ -21,9 +21,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use super::lanes::{self, InboxTx, LaneTx};
 use super::tls::{self, TlsFailure};
 use super::{
-    Channel, ChannelSender, ClientTls, Endpoint, Peer, SenderInner, ServerTls, TransportError,
-    TransportKind, IDLE_TIMEOUT, KEEP_ALIVE, MAX_CLOSE_REASON, MAX_FRAME, MAX_LANES,
-    SERVER_HANDSHAKE_TIMEOUT,
+    Attempt, Channel, ChannelSender, ClientTls, Endpoint, Peer, SenderInner, ServerTls,
+    TransportError, TransportKind, IDLE_TIMEOUT, KEEP_ALIVE, MAX_CLOSE_REASON, MAX_FRAME,
+    MAX_LANES, SERVER_HANDSHAKE_TIMEOUT,
 };
 
 /// Length marker: close; the low 16 bits are the length of the reason that follows.
@@ -255,22 +255,12 @@ pub(super) async fn connect(
     tls: &ClientTls,
     deadline: Instant,
 ) -> Result<Channel, TransportError> {
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let timed_out = || TransportError::Timeout {
-        endpoint: endpoint.to_string(),
-        kind: TransportKind::Tcp,
-        after: timeout,
-    };
-    let connect_err = |reason: String| TransportError::Connect {
-        endpoint: endpoint.to_string(),
-        kind: TransportKind::Tcp,
-        reason,
-    };
+    let attempt = Attempt::new(endpoint, TransportKind::Tcp, deadline);
     let mut last_err = "no address".to_owned();
     let mut connected = None;
     for addr in addrs {
         match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Err(_) => return Err(timed_out()),
+            Err(_) => return Err(attempt.timed_out()),
             Ok(Ok(tcp)) => {
                 connected = Some((tcp, *addr));
                 break;
@@ -279,14 +269,14 @@ pub(super) async fn connect(
         }
     }
     let Some((tcp, addr)) = connected else {
-        return Err(connect_err(last_err));
+        return Err(attempt.failed(last_err));
     };
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(endpoint.host.clone())
-        .map_err(|e| connect_err(format!("bad server name: {e}")))?;
+        .map_err(|e| attempt.failed(format!("bad server name: {e}")))?;
     let connector = TlsConnector::from(tls.rustls.clone());
     let mut stream = match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
-        Err(_) => return Err(timed_out()),
+        Err(_) => return Err(attempt.timed_out()),
         Ok(Err(e)) => return Err(client_tls_error(endpoint, e)),
         Ok(Ok(stream)) => stream,
     };
@@ -294,7 +284,7 @@ pub(super) async fn connect(
     // marker says it accepted us, an alert says it did not.
     let mut header = [0u8; 5];
     match tokio::time::timeout_at(deadline, stream.read_exact(&mut header)).await {
-        Err(_) => return Err(timed_out()),
+        Err(_) => return Err(attempt.timed_out()),
         Ok(Err(e)) => return Err(client_tls_error(endpoint, e)),
         Ok(Ok(_)) if header == marker(READY) => {}
         Ok(Ok(_)) => {
