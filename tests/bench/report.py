@@ -11,6 +11,7 @@ Only the standard library is used.
 import glob
 import json
 import os
+import re
 import sys
 
 BROKERS = [("mosquitto", "Mosquitto"), ("nats", "NATS"), ("tern", "tern-edge")]
@@ -388,8 +389,29 @@ def main():
           "TERN_NODE__DATA_DIR=<run dir>/tern-data TERN_LOG__LEVEL=warn \\",
           "target/release/tern-edge --profile edge-gateway", "```", "")
 
+    text = "\n".join(d.lines).rstrip() + "\n"
+    kept = foreign_sections(out_path, d.lines)
+    if kept:
+        text += "\n" + "\n\n".join(kept) + "\n"
     with open(out_path, "w") as f:
-        f.write("\n".join(d.lines).rstrip() + "\n")
+        f.write(text)
+
+
+def foreign_sections(path, generated):
+    """The `## ` sections of the existing file that this report does not write.
+
+    Other scripts (durability.sh, bridge.sh) and hand-written measurements own
+    sections of BENCHMARKS.md; a new compare.sh run replaces only its own ones.
+    """
+    ours = {line for line in generated if line.startswith("## ")}
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return []
+    sections = re.split(r"^(?=## )", old, flags=re.M)
+    return [s.rstrip("\n") for s in sections[1:]
+            if s.split("\n", 1)[0] not in ours]
 
 
 def broker_warnings(run_dir, cols):
