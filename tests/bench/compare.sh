@@ -171,6 +171,7 @@ start_broker() { # name
             env ${BIG_QUEUE:+TERN_MQTT__MAX_QUEUED_MESSAGES=$BIG_QUEUE} \
                 TERN_LISTENERS__TCP__BIND="127.0.0.1:${PORT[tern]}" \
                 TERN_STORE__BACKEND="${COMPARE_TERN_STORE:-memory}" \
+                TERN_ADMIN__BIND=127.0.0.1:0 \
                 TERN_NODE__DATA_DIR="$RUN_DIR/tern-data" \
                 TERN_AUTH__ALLOW_ANONYMOUS=true \
                 TERN_LOG__LEVEL=warn \

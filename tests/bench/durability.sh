@@ -159,6 +159,7 @@ start_tern() {
     env TERN_LISTENERS__TCP__BIND="127.0.0.1:$PORT_TERN" \
         TERN_NODE__DATA_DIR="$data" \
         TERN_STORE__BACKEND=redb \
+        TERN_ADMIN__BIND=127.0.0.1:0 \
         TERN_STORE__FSYNC=batch \
         TERN_AUTH__ALLOW_ANONYMOUS=true \
         TERN_LOG__LEVEL=info \

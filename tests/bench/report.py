@@ -386,7 +386,7 @@ def main():
     d.add(f"tern-edge: built-in profile `edge-gateway`, its defaults except the store "
           f"(`{store}`), started as", "", "```",
           f"TERN_LISTENERS__TCP__BIND=127.0.0.1:18833 TERN_STORE__BACKEND={store} \\",
-          "TERN_NODE__DATA_DIR=<run dir>/tern-data TERN_LOG__LEVEL=warn \\",
+          "TERN_NODE__DATA_DIR=<run dir>/tern-data TERN_ADMIN__BIND=127.0.0.1:0 TERN_LOG__LEVEL=warn \\",
           "target/release/tern-edge --profile edge-gateway", "```", "")
 
     text = "\n".join(d.lines).rstrip() + "\n"

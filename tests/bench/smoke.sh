@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-TERN_LISTENERS__TCP__BIND=127.0.0.1:0 TERN_NODE__DATA_DIR="$WORK/data" TERN_AUTH__ALLOW_ANONYMOUS=true \
+TERN_LISTENERS__TCP__BIND=127.0.0.1:0 TERN_NODE__DATA_DIR="$WORK/data" TERN_AUTH__ALLOW_ANONYMOUS=true TERN_ADMIN__BIND=127.0.0.1:0 \
     "$EDGE" --profile edge-gateway >"$WORK/edge.log" 2>&1 &
 EDGE_PID=$!
 
