@@ -9,10 +9,19 @@
 //! once its batch commits. So a PUBACK or PUBREC never reaches a publisher before the
 //! message is on disk, and outputs keep the order they were produced in. With nothing
 //! pending and nothing uncommitted, outputs pass straight through.
+//!
+//! One exception: a QoS 1 delivery to a subscriber ([`Outbox::push_delivery`]) goes out
+//! at once unless something for the same connection is held, since a duplicate after
+//! a crash is within QoS 1's promise (the publisher, not yet acknowledged, resends).
+//! Sent early, it is often acknowledged before its `Enqueue` is committed; the commit
+//! thread then drops the pair (`store::coalesce`), and a subscriber that keeps up
+//! costs the store nothing but the publisher's acknowledgement wait.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
-use super::Output;
+use super::{ConnId, Output};
+use crate::message::QoS;
+use crate::mqtt::packet::{Packet, Publish};
 use crate::store::StoreOp;
 
 /// A group of store operations to apply atomically, then acknowledge by `id`.
@@ -29,6 +38,8 @@ pub struct StoreBatch {
 pub(super) struct Outbox {
     ready: VecDeque<Output>,
     held: VecDeque<(u64, Output)>,
+    /// How many of `held` are for each connection: an early output may not overtake.
+    held_per_conn: HashMap<ConnId, usize>,
     ops: Vec<StoreOp>,
     persistent: bool,
     /// Number the pending ops will carry.
@@ -42,6 +53,7 @@ impl Outbox {
         Outbox {
             ready: VecDeque::new(),
             held: VecDeque::new(),
+            held_per_conn: HashMap::new(),
             ops: Vec::new(),
             persistent: false,
             open_batch: 1,
@@ -67,10 +79,59 @@ impl Outbox {
     pub(super) fn push(&mut self, output: Output) {
         let must_wait = !self.ops.is_empty() || self.committed + 1 < self.open_batch;
         if self.persistent && must_wait {
-            self.held.push_back((self.open_batch, output));
+            self.hold(output);
         } else {
             self.ready.push_back(output);
         }
+    }
+
+    /// Sends a QoS 1/2 delivery: QoS 1 early (see the module doc), QoS 2 only once
+    /// what it follows is durable, as a redelivery after a crash would break
+    /// exactly-once.
+    pub(super) fn push_delivery(&mut self, conn: ConnId, publish: Publish) {
+        let early = publish.qos == QoS::AtLeastOnce;
+        let output = Output::Send(conn, Packet::Publish(publish));
+        if early {
+            self.push_early(output);
+        } else {
+            self.push(output);
+        }
+    }
+
+    /// Like [`Outbox::push`] for an output that needs no store op to be durable first
+    /// (a QoS 1 delivery): it goes out now unless an output for its connection is
+    /// held, which it must not overtake.
+    fn push_early(&mut self, output: Output) {
+        let behind = output_conn(&output).is_some_and(|c| self.held_per_conn.contains_key(&c));
+        if behind {
+            self.hold(output);
+        } else {
+            self.ready.push_back(output);
+        }
+    }
+
+    fn hold(&mut self, output: Output) {
+        if let Some(conn) = output_conn(&output) {
+            *self.held_per_conn.entry(conn).or_default() += 1;
+        }
+        self.held.push_back((self.open_batch, output));
+    }
+
+    /// Takes the oldest held output if its batch is at or below `up_to`.
+    fn release(&mut self, up_to: u64) -> Option<Output> {
+        if !self.held.front().is_some_and(|(b, _)| *b <= up_to) {
+            return None;
+        }
+        let (_, output) = self.held.pop_front()?;
+        if let Some(conn) = output_conn(&output) {
+            if let Some(n) = self.held_per_conn.get_mut(&conn) {
+                *n -= 1;
+                if *n == 0 {
+                    self.held_per_conn.remove(&conn);
+                }
+            }
+        }
+        Some(output)
     }
 
     /// Records `op` in the open batch (a no-op without persistence).
@@ -102,32 +163,31 @@ impl Outbox {
     /// Batch `id` (and so every earlier one) is durable: release what waited on it.
     pub(super) fn committed(&mut self, id: u64) {
         self.committed = self.committed.max(id);
-        while self.held.front().is_some_and(|(b, _)| *b <= self.committed) {
-            if let Some((_, output)) = self.held.pop_front() {
-                self.ready.push_back(output);
-            }
+        while let Some(output) = self.release(self.committed) {
+            self.ready.push_back(output);
         }
     }
 
     /// Batch `id` failed: its held outputs are handed back to the caller to decide on,
     /// and later batches may proceed.
     pub(super) fn failed(&mut self, id: u64) -> Vec<Output> {
-        let mut lost = Vec::new();
-        while self.held.front().is_some_and(|(b, _)| *b <= id) {
-            if let Some((_, output)) = self.held.pop_front() {
-                lost.push(output);
-            }
-        }
+        let lost = std::iter::from_fn(|| self.release(id)).collect();
         self.committed = self.committed.max(id);
         lost
+    }
+}
+
+/// The connection an output is for, if any.
+fn output_conn(output: &Output) -> Option<ConnId> {
+    match output {
+        Output::Send(conn, _) | Output::Authenticate(conn, _) | Output::Close(conn) => Some(*conn),
+        Output::Injected { .. } => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::ConnId;
-    use crate::mqtt::packet::Packet;
 
     fn ping(n: u64) -> Output {
         Output::Send(ConnId(n), Packet::PingResp)
@@ -168,6 +228,23 @@ mod tests {
         assert_eq!(drain(&mut o), [ping(3)]);
         o.push(ping(4));
         assert_eq!(drain(&mut o), [ping(4)]);
+    }
+
+    #[test]
+    fn an_early_output_waits_only_behind_its_own_connection() {
+        let mut o = Outbox::new();
+        o.enable_persistence();
+        o.op(StoreOp::DeleteRetained { topic: "t".into() });
+        o.push(ping(1));
+        o.push_early(ping(2));
+        o.push_early(ping(1));
+        assert_eq!(drain(&mut o), [ping(2)], "conn 2 has nothing held");
+        let b = o.poll_batch().expect("batch");
+        o.committed(b.id);
+        assert_eq!(drain(&mut o), [ping(1), ping(1)], "conn 1 kept its order");
+        o.op(StoreOp::DeleteRetained { topic: "t".into() });
+        o.push_early(ping(1));
+        assert_eq!(drain(&mut o), [ping(1)], "nothing held for conn 1 any more");
     }
 
     #[test]

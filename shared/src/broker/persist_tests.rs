@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::tests::{connect, payloads, publish, publishes, Harness};
+use super::Output;
 use crate::message::QoS;
 use crate::mqtt::packet::ProtocolVersion::{V311, V5};
 use crate::mqtt::packet::*;
@@ -48,6 +49,40 @@ fn puback_waits_for_the_batch_holding_the_message() {
         .expect("apply");
     h.broker.handle_store_committed(batch.id);
     assert_eq!(h.take(p), [Packet::PubAck(PubResponse::new(9))]);
+}
+
+#[test]
+fn a_qos1_delivery_leaves_before_the_commit_a_qos2_delivery_after_it() {
+    let mut h = Harness::persistent(MemoryStore::default(), std::time::Instant::now());
+    let one = h.connect("one", V311, false);
+    h.subscribe(one, "t", QoS::AtLeastOnce);
+    let two = h.connect("two", V311, false);
+    h.subscribe(two, "t", QoS::ExactlyOnce);
+    let p = h.connect("p", V311, true);
+    h.broker.handle_packet(
+        p,
+        Packet::Publish(publish("t", "m", QoS::ExactlyOnce, false, Some(9))),
+        h.now,
+    );
+    // A duplicate of a QoS 1 delivery after a crash is within its promise.
+    let early: Vec<_> = std::iter::from_fn(|| h.broker.poll_output()).collect();
+    assert!(
+        matches!(&early[..], [Output::Send(c, Packet::Publish(m))] if *c == one && m.qos == QoS::AtLeastOnce),
+        "only the QoS 1 delivery before the commit: {early:?}"
+    );
+    let batch = h.broker.poll_store_batch().expect("batch");
+    h.store
+        .as_mut()
+        .expect("store")
+        .apply(&batch.ops)
+        .expect("apply");
+    h.broker.handle_store_committed(batch.id);
+    assert_eq!(h.take(p), [Packet::PubRec(PubResponse::new(9))]);
+    let late = h.take(two);
+    assert!(
+        matches!(&publishes(&late)[..], [m] if m.qos == QoS::ExactlyOnce),
+        "{late:?}"
+    );
 }
 
 #[test]

@@ -317,7 +317,7 @@ impl Broker {
             delivery: d,
         });
         self.stats.messages_sent += 1;
-        self.outbox.push(Output::Send(conn, Packet::Publish(p)));
+        self.outbox.push_delivery(conn, p);
     }
 
     /// Moves queued deliveries into the in-flight window while it has room.
@@ -356,7 +356,7 @@ impl Broker {
                 delivery: d,
             });
             self.stats.messages_sent += 1;
-            self.outbox.push(Output::Send(conn, Packet::Publish(p)));
+            self.outbox.push_delivery(conn, p);
         }
         if session.queue.len() <= self.config.max_queued_messages / 4 {
             self.congested.remove(&sid);
