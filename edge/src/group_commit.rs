@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tern_core::broker::StoreBatch;
 use tern_core::store::{
-    Fsync, MemoryStore, RedbOptions, RedbStore, Snapshot, Store, StoreError, StoreLimits, StoreOp,
+    coalesce, Fsync, MemoryStore, RedbOptions, RedbStore, Snapshot, Store, StoreError, StoreLimits,
+    StoreOp,
 };
 
 use crate::config::{EdgeConfig, StoreBackend, StoreConfig};
@@ -139,7 +140,9 @@ impl Committer {
                     group.push((next.id, ops.len()));
                 }
             }
-            match self.store.apply(&ops) {
+            // Entries enqueued and acknowledged within the group need not be written.
+            let coalesced = coalesce(&ops);
+            match self.store.apply(coalesced.as_deref().unwrap_or(&ops)) {
                 Ok(()) => {
                     // Usage first: whoever sees an acknowledgement released by this
                     // commit also sees (in metrics, in the store budget) the bytes that

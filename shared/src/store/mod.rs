@@ -101,6 +101,7 @@ use bytestring::ByteString;
 use crate::message::{Message, QoS};
 use crate::mqtt::packet::{ProtocolVersion, PublishProperties, RetainHandling, UserProperty};
 
+mod coalesce;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod memory;
@@ -109,6 +110,7 @@ mod redb;
 
 #[cfg(feature = "redb")]
 pub use self::redb::{RedbOptions, RedbStore};
+pub use coalesce::coalesce;
 pub use memory::MemoryStore;
 
 /// Version of the record layout; a durable store refuses to open a newer one.
