@@ -346,7 +346,19 @@ pub struct StoreConfig {
     /// Store budget in bytes of records (0 = unlimited). When full, publishers get
     /// reason 0x97 (quota exceeded) and nothing already stored is touched.
     pub max_bytes: u64,
+    /// Compact the redb file at startup, before serving, when it is worth it (see
+    /// `compact_min_bytes`).
+    pub compact_on_start: bool,
+    /// Seconds without a store write after which the redb file is compacted when it is
+    /// worth it (0: never while running).
+    pub compact_idle_secs: u64,
+    /// A compaction is worth it when the file is more than twice the bytes in use and
+    /// larger than them by at least this many bytes (at least 1 MiB).
+    pub compact_min_bytes: u64,
 }
+
+/// Least `store.compact_min_bytes`: below it a store would be rewritten for a few pages.
+const MIN_COMPACT_MIN_BYTES: u64 = 1024 * 1024;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -357,6 +369,9 @@ impl Default for StoreConfig {
             max_batch_ops: 16_384,
             commit_window_us: 0,
             max_bytes: 0,
+            compact_on_start: true,
+            compact_idle_secs: 30,
+            compact_min_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -580,6 +595,14 @@ impl EdgeConfig {
             return Err(ConfigError::Semantic(
                 "`mqtt.max_inflight` must be at least 1".to_owned(),
             ));
+        }
+        if self.store.compact_min_bytes < MIN_COMPACT_MIN_BYTES {
+            return Err(ConfigError::Semantic(format!(
+                "`store.compact_min_bytes` = {} is too small (at least {MIN_COMPACT_MIN_BYTES}, \
+                 1 MiB); to stop compacting set `store.compact_on_start = false` and \
+                 `store.compact_idle_secs = 0`",
+                self.store.compact_min_bytes
+            )));
         }
         self.bridge.validate().map_err(ConfigError::Semantic)?;
         if self.acceptor.enabled {
@@ -981,6 +1004,27 @@ mod tests {
             &[("TERN_LISTENERS__TCP__ENABLED", "false")],
         ));
         assert!(msg.contains("listeners.tcp.enabled"), "{msg}");
+    }
+
+    #[test]
+    fn store_compaction_options() {
+        let config = EdgeConfig::load(&sources(
+            None,
+            None,
+            &[
+                ("TERN_STORE__COMPACT_IDLE_SECS", "0"),
+                ("TERN_STORE__COMPACT_ON_START", "false"),
+            ],
+        ))
+        .expect("loads");
+        assert_eq!(config.store.compact_idle_secs, 0);
+        assert!(!config.store.compact_on_start);
+        let msg = load_err(&sources(
+            None,
+            None,
+            &[("TERN_STORE__COMPACT_MIN_BYTES", "4096")],
+        ));
+        assert!(msg.contains("store.compact_min_bytes"), "{msg}");
     }
 
     #[test]

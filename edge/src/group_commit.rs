@@ -8,16 +8,22 @@
 //! `max_batch_ops` bounds a transaction. With `fsync = "always"` each batch is its own
 //! transaction. The store does blocking I/O, so it runs on its own thread, never on
 //! the tokio workers.
+//!
+//! Space: the store file does not shrink by itself when queues drain. It is compacted
+//! (see [`CompactionPolicy`]) when opened, before the broker serves, and by this thread
+//! once no batch came for `compact_idle_secs`. The thread owns the store, so nothing
+//! else touches it meanwhile; batches that arrive during a compaction wait in the
+//! channel (and their PUBACKs with them) and are merged into the next commit.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tern_core::broker::StoreBatch;
 use tern_core::store::{
-    coalesce, Fsync, MemoryStore, RedbOptions, RedbStore, Snapshot, Store, StoreError, StoreLimits,
-    StoreOp,
+    coalesce, CompactionPolicy, Fsync, MemoryStore, RedbOptions, RedbStore, Snapshot, Store,
+    StoreError, StoreLimits, StoreOp,
 };
 
 use crate::config::{EdgeConfig, StoreBackend, StoreConfig};
@@ -37,7 +43,8 @@ pub struct OpenError {
     pub source: StoreError,
 }
 
-/// Opens the configured store and reads everything it holds.
+/// Opens the configured store, compacts it if configured and worth it, and reads
+/// everything it holds.
 pub(crate) fn open(config: &EdgeConfig) -> Result<(BoxedStore, Snapshot), OpenError> {
     let path = config.node.data_dir.join(&config.store.file);
     let wrap = |source| OpenError {
@@ -47,19 +54,58 @@ pub(crate) fn open(config: &EdgeConfig) -> Result<(BoxedStore, Snapshot), OpenEr
     let limits = StoreLimits {
         max_bytes: (config.store.max_bytes > 0).then_some(config.store.max_bytes),
     };
-    let store: BoxedStore = match config.store.backend {
-        StoreBackend::Memory => Box::new(MemoryStore::new(limits)),
-        StoreBackend::Redb => {
-            let options = RedbOptions {
-                durability: config.store.fsync,
-                limits,
-                ..RedbOptions::default()
-            };
-            Box::new(RedbStore::open(&path, options).map_err(wrap)?)
-        }
+    let create = || -> Result<BoxedStore, StoreError> {
+        Ok(match config.store.backend {
+            StoreBackend::Memory => Box::new(MemoryStore::new(limits)),
+            StoreBackend::Redb => {
+                let options = RedbOptions {
+                    durability: config.store.fsync,
+                    limits,
+                    ..RedbOptions::default()
+                };
+                Box::new(RedbStore::open(&path, options)?)
+            }
+        })
     };
+    let mut store = create().map_err(wrap)?;
+    if config.store.compact_on_start {
+        if let Err(error) = reclaim(store.as_mut(), &policy(&config.store), "startup") {
+            // The file is as it was before or after the compaction (redb commits it in
+            // steps); a store that refuses batches after the error is reopened, so a
+            // file that cannot be compacted never keeps the gateway from starting.
+            tracing::warn!(%error, "store compaction failed; serving without it");
+            store = create().map_err(wrap)?;
+        }
+    }
     let snapshot = store.load().map_err(wrap)?;
     Ok((store, snapshot))
+}
+
+/// The compaction policy of the `[store]` section.
+fn policy(config: &StoreConfig) -> CompactionPolicy {
+    CompactionPolicy {
+        min_reclaim_bytes: config.compact_min_bytes,
+    }
+}
+
+/// Compacts `store` if `policy` says it is worth it and logs what it did; `when` names
+/// the occasion for the log.
+fn reclaim(
+    store: &mut (dyn Store + Send),
+    policy: &CompactionPolicy,
+    when: &str,
+) -> Result<(), StoreError> {
+    if let Some(done) = store.reclaim_space(policy)? {
+        tracing::info!(
+            when,
+            file_bytes_before = done.file_bytes_before,
+            file_bytes_after = done.file_bytes_after,
+            in_use_bytes = done.in_use_bytes,
+            ms = u64::try_from(done.duration.as_millis()).unwrap_or(u64::MAX),
+            "store file compacted"
+        );
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, the wall clock stored records use.
@@ -86,6 +132,9 @@ pub(crate) fn spawn(
         merge: config.fsync != Fsync::Always,
         window: Duration::from_micros(config.commit_window_us),
         max_ops: config.max_batch_ops.max(1),
+        compact_idle: (config.compact_idle_secs > 0)
+            .then(|| Duration::from_secs(config.compact_idle_secs)),
+        policy: policy(config),
         server,
     };
     let handle = std::thread::Builder::new()
@@ -114,6 +163,9 @@ struct Committer {
     merge: bool,
     window: Duration,
     max_ops: usize,
+    /// Compact after this long without a batch; `None`: never while running.
+    compact_idle: Option<Duration>,
+    policy: CompactionPolicy,
     server: Server,
 }
 
@@ -125,7 +177,9 @@ impl Committer {
         let mut ops: Vec<StoreOp> = Vec::new();
         // (batch id, where its ops end in `ops`), in order.
         let mut group: Vec<(u64, usize)> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        // A batch came since the store was last checked for compaction.
+        let mut wrote = false;
+        while let Some(first) = self.next_batch(&rx, &mut wrote) {
             ops.clear();
             group.clear();
             ops.extend(first.ops);
@@ -173,6 +227,34 @@ impl Committer {
         tracing::debug!("store commit thread done");
     }
 
+    /// Waits for the next batch (`None` once every sender is gone). When `wrote` and
+    /// none comes for `compact_idle`, compacts the store if it is worth it first: the
+    /// file only changes with batches, so one check per idle spell is enough.
+    fn next_batch(
+        &mut self,
+        rx: &mpsc::Receiver<StoreBatch>,
+        wrote: &mut bool,
+    ) -> Option<StoreBatch> {
+        if let (Some(idle), true) = (self.compact_idle, *wrote) {
+            match rx.recv_timeout(idle) {
+                Ok(batch) => return Some(batch),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    *wrote = false;
+                    if let Err(error) = reclaim(self.store.as_mut(), &self.policy, "idle") {
+                        tracing::error!(%error, "store compaction failed");
+                        if matches!(error, StoreError::Io { .. }) {
+                            exit_unusable();
+                        }
+                    }
+                }
+            }
+        }
+        let batch = rx.recv().ok()?;
+        *wrote = true;
+        Some(batch)
+    }
+
     /// Reports the outcome of applying batch `id` to the broker.
     fn settle(&mut self, id: u64, result: Result<(), StoreError>) {
         let error = match result {
@@ -195,10 +277,15 @@ impl Committer {
         }
         self.server.store_failed(id, quota);
         if matches!(error, StoreError::Io { .. }) {
-            // The store refuses further writes until reopened (its contract); a
-            // restart recovers it. systemd/procd restart us on failure.
-            tracing::error!("the store is unusable after an I/O error; exiting");
-            std::process::exit(1);
+            exit_unusable();
         }
     }
+}
+
+/// Ends the process after a store I/O error: the store refuses further writes until
+/// reopened (its contract), and a restart reopens it (systemd/procd restart us on
+/// failure).
+fn exit_unusable() -> ! {
+    tracing::error!("the store is unusable after an I/O error; exiting");
+    std::process::exit(1);
 }

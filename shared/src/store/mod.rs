@@ -10,7 +10,9 @@
 //! (one transaction). Group commit is the decided write path (DESIGN.md, "Edge store"):
 //! the broker collects the ops of many PUBLISHes, applies them in one batch, and sends
 //! the PUBACK/PUBREC of those messages only after `apply` returned `Ok`. The store is
-//! read once, at startup, with [`Store::load`].
+//! read once, at startup, with [`Store::load`]. A durable store's file does not
+//! shrink by itself; [`Store::reclaim_space`] compacts it when a [`CompactionPolicy`]
+//! says it is worth it (at startup, or while the broker is idle).
 //!
 //! The store owns no clock and interprets nothing MQTT-specific: it does not expire
 //! sessions or messages, does not allocate packet ids and does not decide what a
@@ -102,6 +104,7 @@ use crate::message::{Message, QoS};
 use crate::mqtt::packet::{ProtocolVersion, PublishProperties, RetainHandling, UserProperty};
 
 mod coalesce;
+mod compaction;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod memory;
@@ -111,6 +114,7 @@ mod redb;
 #[cfg(feature = "redb")]
 pub use self::redb::{RedbOptions, RedbStore};
 pub use coalesce::coalesce;
+pub use compaction::{Compaction, CompactionPolicy, COMPACT_RATIO};
 pub use memory::MemoryStore;
 
 /// Version of the record layout; a durable store refuses to open a newer one.
@@ -522,6 +526,18 @@ pub trait Store {
 
     /// Counts and bytes of what is stored now.
     fn stats(&self) -> StoreStats;
+
+    /// Compacts the store's file if `policy` says it is worth it; what was done, `None`
+    /// if nothing was (always for a store without a file). Slow when much is stored:
+    /// call it at startup or when idle. Changes nothing [`Store::load`] returns; an
+    /// [`StoreError::Io`] leaves the store refusing batches until reopened.
+    fn reclaim_space(
+        &mut self,
+        policy: &CompactionPolicy,
+    ) -> Result<Option<Compaction>, StoreError> {
+        let _ = policy;
+        Ok(None)
+    }
 }
 
 impl StoredProperties {

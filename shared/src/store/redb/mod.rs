@@ -43,6 +43,15 @@
 //! are reused by later commits; see [`RedbStore::disk_bytes`]). A refused batch is
 //! aborted, so the file and the totals are untouched.
 //!
+//! # Compaction
+//!
+//! [`Store::reclaim_space`] compares the file size with [`StoreStats::bytes`] under a
+//! [`CompactionPolicy`] and, when due, runs redb's compaction: it moves the live pages
+//! to the front of the file and truncates it, in a series of two-phase commits, so a
+//! crash during it leaves the store as it was before or after (its content is the same
+//! either way). It needs the database to itself, which `&mut self` gives: no batch is
+//! applied meanwhile.
+//!
 //! # Durability ([`Fsync`])
 //!
 //! - `Always` and `Batch`: every commit uses [`Durability::Immediate`]. When `apply`
@@ -97,8 +106,8 @@ use ::redb::{
 use bytestring::ByteString;
 
 use super::{
-    Fsync, InvalidOp, MessageId, SessionSnapshot, Snapshot, Store, StoreError, StoreLimits,
-    StoreOp, StoreStats, FORMAT_VERSION,
+    Compaction, CompactionPolicy, Fsync, InvalidOp, MessageId, SessionSnapshot, Snapshot, Store,
+    StoreError, StoreLimits, StoreOp, StoreStats, FORMAT_VERSION,
 };
 
 /// Sessions by client id.
@@ -173,6 +182,8 @@ pub struct RedbStore {
     pending: bool,
     /// Set when a commit failed: the outcome is unknown, so no further batches.
     poisoned: Option<String>,
+    /// The last compaction, if it left the file still due (see [`CompactionPolicy`]).
+    futile: Option<Compaction>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -266,6 +277,7 @@ impl RedbStore {
             last_durable: Instant::now(),
             pending: false,
             poisoned: None,
+            futile: None,
         })
     }
 
@@ -401,12 +413,18 @@ impl RedbStore {
 
     /// Rewrites the file so that it takes no more pages than the data needs; slow (it
     /// copies the live pages), for startup or an idle moment. Returns whether the file
-    /// changed.
+    /// changed. An I/O error leaves the store refusing batches until reopened.
     pub fn compact(&mut self) -> Result<bool, StoreError> {
         self.sync()?;
-        self.db
-            .compact()
-            .map_err(|e| store_error(&self.path, "compacting the store", e))
+        self.db.compact().map_err(|e| {
+            let err = store_error(&self.path, "compacting the store", e);
+            if matches!(err, StoreError::Io { .. }) {
+                // A commit of the compaction failed: as for a batch, its outcome is
+                // unknown until the file is reopened (which recovers it).
+                self.poisoned = Some(err.to_string());
+            }
+            err
+        })
     }
 
     fn check_usable(&self) -> Result<(), StoreError> {
@@ -1045,6 +1063,30 @@ impl Store for RedbStore {
 
     fn stats(&self) -> StoreStats {
         self.stats
+    }
+
+    fn reclaim_space(
+        &mut self,
+        policy: &CompactionPolicy,
+    ) -> Result<Option<Compaction>, StoreError> {
+        self.check_usable()?;
+        let before = self.disk_bytes()?;
+        let in_use = self.stats.bytes;
+        if !policy.is_due(before, in_use, self.futile.as_ref()) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        self.compact()?;
+        let done = Compaction {
+            file_bytes_before: before,
+            file_bytes_after: self.disk_bytes()?,
+            in_use_bytes: in_use,
+            duration: started.elapsed(),
+        };
+        self.futile = policy
+            .is_due(done.file_bytes_after, in_use, None)
+            .then_some(done);
+        Ok(Some(done))
     }
 }
 
