@@ -554,12 +554,17 @@ impl StoredProperties {
 
     /// PUBLISH properties with the per-hop ones left empty.
     pub fn to_publish(&self) -> PublishProperties {
+        self.clone().into_publish()
+    }
+
+    /// [`StoredProperties::to_publish`], moving the values instead of cloning them.
+    pub fn into_publish(self) -> PublishProperties {
         PublishProperties {
             payload_format_indicator: self.payload_format_indicator,
-            response_topic: self.response_topic.clone(),
-            correlation_data: self.correlation_data.clone(),
-            user_properties: self.user_properties.clone(),
-            content_type: self.content_type.clone(),
+            response_topic: self.response_topic,
+            correlation_data: self.correlation_data,
+            user_properties: self.user_properties,
+            content_type: self.content_type,
             ..PublishProperties::default()
         }
     }
@@ -587,19 +592,25 @@ impl StoredMessage {
     /// `now_unix_ms` (rounded up, so a message is not expired early); the caller drops
     /// messages that [`StoredMessage::is_expired`] first.
     pub fn to_message(&self, now: Instant, now_unix_ms: u64) -> Message {
+        self.clone().into_message(now, now_unix_ms)
+    }
+
+    /// [`StoredMessage::to_message`], moving topic, payload and properties into the
+    /// message instead of cloning them (a restore converts a million of them).
+    pub fn into_message(self, now: Instant, now_unix_ms: u64) -> Message {
         let expiry_interval = self.expires_at.map(|at| {
             let left_ms = at.saturating_sub(now_unix_ms);
             u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX)
         });
         Message {
-            topic: self.topic.clone(),
-            payload: self.payload.clone(),
+            topic: self.topic,
+            payload: self.payload,
             qos: self.qos,
             retain: self.retain,
-            properties: self.properties.to_publish(),
+            properties: self.properties.into_publish(),
             expiry_interval,
             received_at: now,
-            origin: self.origin.clone(),
+            origin: self.origin,
         }
     }
 

@@ -14,6 +14,8 @@
 //! An entry has a fixed-size head so the hot updates need no decoding: the message id
 //! at `[1..9]` (big endian) and the state at `[11..14]` (tag, packet id big endian).
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use bytestring::ByteString;
 
@@ -299,12 +301,41 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Distinct strings an [`Interner`] keeps; beyond them, new strings are not shared.
+const INTERNED_MAX: usize = 4096;
+
+/// Shares one allocation among equal strings of decoded messages: a backlog of a
+/// million messages usually has a handful of topics and publishers, and a string of
+/// its own per message would cost about 64 bytes each. Bounded, so a backlog of
+/// distinct topics costs no more than without it.
+#[derive(Debug, Default)]
+pub struct Interner {
+    seen: HashSet<ByteString>,
+}
+
+impl Interner {
+    /// The string of `b`, sharing the allocation of an equal one seen before.
+    fn string(&mut self, b: &[u8]) -> Result<ByteString> {
+        let s = str_of(b)?;
+        if let Some(known) = self.seen.get(s) {
+            return Ok(known.clone());
+        }
+        let new = ByteString::from(s);
+        if self.seen.len() < INTERNED_MAX {
+            self.seen.insert(new.clone());
+        }
+        Ok(new)
+    }
+}
+
 /// A UTF-8 string from stored bytes.
 pub fn utf8(b: &[u8]) -> Result<ByteString> {
-    match std::str::from_utf8(b) {
-        Ok(s) => Ok(ByteString::from(s)),
-        Err(e) => bad(format!("invalid UTF-8: {e}")),
-    }
+    str_of(b).map(ByteString::from)
+}
+
+/// Stored bytes as UTF-8.
+fn str_of(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).or_else(|e| bad(format!("invalid UTF-8: {e}")))
 }
 
 fn qos(b: u8) -> Result<QoS> {
@@ -420,19 +451,24 @@ pub fn decode_entry(b: &[u8]) -> Result<EntryRecord> {
     })
 }
 
-/// Decodes a message; `topic` is `Some` when the key holds it (retained).
-pub fn decode_message(topic: Option<ByteString>, b: &[u8]) -> Result<StoredMessage> {
+/// Decodes a message; `topic` is `Some` when the key holds it (retained). Its topic
+/// and origin come from `strings`.
+pub fn decode_message(
+    topic: Option<ByteString>,
+    b: &[u8],
+    strings: &mut Interner,
+) -> Result<StoredMessage> {
     let mut r = Reader::new(b)?;
     let topic = match topic {
         Some(t) => t,
-        None => r.string()?,
+        None => strings.string(r.bytes()?)?,
     };
     let flags = r.u8()?;
     if flags & 0xf8 != 0 {
         return bad(format!("message flags {flags:#x}"));
     }
     let expires_at = r.opt_varint()?;
-    let origin = r.string()?;
+    let origin = strings.string(r.bytes()?)?;
     let payload_format_indicator = if r.flag()? { Some(r.u8()?) } else { None };
     let response_topic = r.opt_string()?;
     let correlation_data = if r.flag()? {
@@ -513,14 +549,44 @@ mod tests {
     }
 
     #[test]
+    fn store_codec_decoded_messages_share_equal_strings() {
+        let mut buf = Vec::new();
+        encode_message(&message(), true, &mut buf);
+        let mut strings = Interner::default();
+        let a = decode_message(None, &buf, &mut strings).unwrap();
+        let b = decode_message(None, &buf, &mut strings).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.topic.as_bytes().as_ptr(), b.topic.as_bytes().as_ptr());
+        assert_eq!(a.origin.as_bytes().as_ptr(), b.origin.as_bytes().as_ptr());
+        assert_ne!(
+            a.payload.as_ptr(),
+            b.payload.as_ptr(),
+            "payloads are not interned"
+        );
+        // Past the bound, strings are still decoded, just not shared.
+        for i in 0..INTERNED_MAX + 10 {
+            let s = format!("t/{i}");
+            assert_eq!(strings.string(s.as_bytes()).unwrap(), s);
+        }
+        assert!(strings.seen.len() <= INTERNED_MAX);
+        assert!(strings.string(b"\xff").is_err());
+    }
+
+    #[test]
     fn store_codec_message_round_trips_with_and_without_topic() {
         let m = message();
         let mut buf = Vec::new();
         encode_message(&m, true, &mut buf);
-        assert_eq!(decode_message(None, &buf).unwrap(), m);
+        assert_eq!(
+            decode_message(None, &buf, &mut Interner::default()).unwrap(),
+            m
+        );
         buf.clear();
         encode_message(&m, false, &mut buf);
-        assert_eq!(decode_message(Some("a/b".into()), &buf).unwrap(), m);
+        assert_eq!(
+            decode_message(Some("a/b".into()), &buf, &mut Interner::default()).unwrap(),
+            m
+        );
     }
 
     #[test]
@@ -545,13 +611,19 @@ mod tests {
         let mut buf = Vec::new();
         encode_message(&message(), true, &mut buf);
         for n in 0..buf.len() {
-            assert!(decode_message(None, &buf[..n]).is_err(), "prefix {n}");
+            assert!(
+                decode_message(None, &buf[..n], &mut Interner::default()).is_err(),
+                "prefix {n}"
+            );
         }
         let mut longer = buf.clone();
         longer.push(0);
-        assert!(decode_message(None, &longer).is_err(), "trailing byte");
+        assert!(
+            decode_message(None, &longer, &mut Interner::default()).is_err(),
+            "trailing byte"
+        );
         buf[0] = RECORD_VERSION + 1;
-        let err = decode_message(None, &buf).unwrap_err();
+        let err = decode_message(None, &buf, &mut Interner::default()).unwrap_err();
         assert!(err.0.contains("record version"), "{err}");
         assert!(decode_entry(&[RECORD_VERSION; 5]).is_err());
         assert!(decode_session("c".into(), &[RECORD_VERSION, 9]).is_err());

@@ -1040,18 +1040,20 @@ impl Store for RedbStore {
             }
             snap.sessions.push(session);
         }
+        let mut strings = codec::Interner::default();
         for row in messages.iter().map_err(|e| err(e.into()))? {
             let (k, v) = row.map_err(|e| err(e.into()))?;
             let id = k.value();
-            let message = codec::decode_message(None, v.value())
+            let message = codec::decode_message(None, v.value(), &mut strings)
                 .map_err(|e| decode_error(path, "messages", &id, e))?;
             snap.messages.insert(MessageId(id), message);
         }
         for row in retained.iter().map_err(|e| err(e.into()))? {
             let (k, v) = row.map_err(|e| err(e.into()))?;
             let topic = k.value();
-            let message = codec::decode_message(Some(ByteString::from(topic)), v.value())
-                .map_err(|e| decode_error(path, "retained", &topic, e))?;
+            let message =
+                codec::decode_message(Some(ByteString::from(topic)), v.value(), &mut strings)
+                    .map_err(|e| decode_error(path, "retained", &topic, e))?;
             snap.retained.push(message);
         }
         for row in cursors.iter().map_err(|e| err(e.into()))? {
