@@ -17,6 +17,9 @@
 //!   drains a QoS 1 and QoS 2 backlog while the broker is SIGKILLed under it, reconnecting
 //!   each time and keeping its QoS 2 receiver state as MQTT says; every message arrives,
 //!   QoS 2 exactly once.
+//! * [`live_deliveries_survive_sigkill`] runs both at once: an online subscriber gets QoS 1
+//!   deliveries before their store commit, and acknowledges many within the same commit
+//!   group (which then never writes them); every acknowledged message still arrives.
 //! * Deterministic cases of the same promise: deliveries in flight at the kill resume
 //!   (QoS 1/2 PUBLISH resent with DUP, QoS 2 continued with PUBREL), a QoS 2 PUBLISH that
 //!   got PUBREC before the kill is recognised when resent, and expiry (sessions and
@@ -368,33 +371,15 @@ async fn crash_test(broker: &mut Broker, seed: u64) {
     let t2 = tokio::spawn(run_publisher(broker.addr(), q2, stop.clone()));
 
     // The kills: each after a random number of further acknowledgements.
-    let mut kill_points = Vec::new();
-    for k in 0..KILLS {
-        let target = acked_total.load(Ordering::Relaxed)
-            + rng.range(ACKS_BETWEEN_KILLS.0, ACKS_BETWEEN_KILLS.1);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while acked_total.load(Ordering::Relaxed) < target
-            && !(t1.is_finished() && t2.is_finished())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "kill {k}: acknowledgements stuck at {} (waiting for {target}); log:\n{}",
-                acked_total.load(Ordering::Relaxed),
-                tail(&broker.run_log(), 40)
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if t1.is_finished() && t2.is_finished() {
-            break;
-        }
-        let at = acked_total.load(Ordering::Relaxed);
-        let status = tokio::task::block_in_place(|| broker.kill());
-        kill_points.push(at);
-        eprintln!("kill {k}: SIGKILL after {at} acknowledgements ({status:?})");
-        let down = Duration::from_millis(rng.range(0, 100));
-        tokio::time::sleep(down).await;
-        tokio::task::block_in_place(|| broker.restart());
-    }
+    let kill_points = kill_along(
+        broker,
+        &mut rng,
+        &acked_total,
+        ACKS_BETWEEN_KILLS,
+        100,
+        || t1.is_finished() && t2.is_finished(),
+    )
+    .await;
     let (q1, q2) = match tokio::time::timeout(Duration::from_secs(40), async {
         (t1.await.expect("q1 task"), t2.await.expect("q2 task"))
     })
@@ -751,26 +736,10 @@ async fn deliveries_survive_sigkill_while_draining() {
         want,
         progress.clone(),
     ));
-    let mut kills = Vec::new();
-    for _ in 0..KILLS {
-        let target = progress.load(Ordering::Relaxed) + rng.range(100, 350);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while progress.load(Ordering::Relaxed) < target && !task.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "drain stuck at {}",
-                progress.load(Ordering::Relaxed)
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if task.is_finished() {
-            break;
-        }
-        kills.push(progress.load(Ordering::Relaxed));
-        tokio::task::block_in_place(|| broker.kill());
-        tokio::time::sleep(Duration::from_millis(rng.range(0, 60))).await;
-        tokio::task::block_in_place(|| broker.restart());
-    }
+    let kills = kill_along(&mut broker, &mut rng, &progress, (100, 350), 60, || {
+        task.is_finished()
+    })
+    .await;
     let d = tokio::time::timeout(Duration::from_secs(70), task)
         .await
         .expect("drain task hung")
@@ -819,6 +788,167 @@ async fn deliveries_survive_sigkill_while_draining() {
         "deliveries of unknown messages: {:?}",
         d.delivered.keys().filter(|(_, s)| *s == u32::MAX).count()
     );
+}
+
+/// Both at once, the path where a QoS 1 delivery leaves before its store commit and a
+/// commit group drops the entries acknowledged within it: the publishers and an online
+/// persistent subscriber run together while the broker is SIGKILLed at random points.
+/// Every acknowledged message arrives, QoS 2 exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_deliveries_survive_sigkill() {
+    let Some(mut broker) = Broker::start_configured(&[], "kills and restarts the broker") else {
+        return;
+    };
+    let seed = seed() ^ 0x11FE;
+    eprintln!("live crash test seed {seed}");
+    let mut rng = Rng(seed);
+    let run = unique("lcrash");
+    let connect = raw::Connect::new(raw::V4, &format!("{run}-sub")).clean(false);
+    let (mut s, _) = RawClient::connect(&broker.addr(), &connect).await;
+    let (f1, f2) = (format!("lcrash/q1/{run}/#"), format!("lcrash/q2/{run}/#"));
+    assert_eq!(
+        s.subscribe(1, &[(&f1, 1), (&f2, 2)], &Props::new()).await,
+        vec![1, 2]
+    );
+    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = s.wait_closed(WAIT).await;
+
+    let (n1, n2) = (Q1_COUNT, Q2_COUNT);
+    let acked_total = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = |name, qos, n, connect| Stream {
+        name,
+        qos,
+        topic: format!("lcrash/{name}/{run}/s"),
+        connect,
+        state: vec![State::Unsent; n as usize],
+        inflight: HashMap::new(),
+        next: 0,
+        acked_total: acked_total.clone(),
+        connections: 0,
+        resent: 0,
+        errors: Vec::new(),
+    };
+    let q1 = stream(
+        "q1",
+        1,
+        n1,
+        raw::Connect::new(raw::V5, &format!("{run}-p1")),
+    );
+    let q2 = stream(
+        "q2",
+        2,
+        n2,
+        raw::Connect::new(raw::V4, &format!("{run}-p2")).clean(false),
+    );
+    let received = Arc::new(AtomicU64::new(0));
+    let sub = tokio::spawn(drain_across_kills(
+        broker.addr(),
+        connect,
+        (n1 + n2) as usize,
+        received,
+    ));
+    let t1 = tokio::spawn(run_publisher(broker.addr(), q1, stop.clone()));
+    let t2 = tokio::spawn(run_publisher(broker.addr(), q2, stop.clone()));
+    let kills = kill_along(
+        &mut broker,
+        &mut rng,
+        &acked_total,
+        ACKS_BETWEEN_KILLS,
+        60,
+        || t1.is_finished() && t2.is_finished(),
+    )
+    .await;
+    let (q1, q2, d) = tokio::time::timeout(Duration::from_secs(70), async {
+        let q1 = t1.await.expect("q1 task");
+        let q2 = t2.await.expect("q2 task");
+        (q1, q2, sub.await.expect("subscriber task"))
+    })
+    .await
+    .expect("publishers or subscriber hung");
+    eprintln!(
+        "live: kills after {kills:?} acknowledgements, subscriber {} connections, {} distinct",
+        d.connections,
+        d.delivered.len()
+    );
+    assert_eq!(
+        kills.len(),
+        KILLS,
+        "the publishers finished before all kills"
+    );
+    assert!(
+        q1.errors.is_empty() && q2.errors.is_empty() && d.errors.is_empty(),
+        "seed {seed}: publishers {:?} {:?}, subscriber {:?}; log:\n{}",
+        q1.errors,
+        q2.errors,
+        d.errors,
+        tail(&broker.log(), 40)
+    );
+    let lost: Vec<String> = [&q1, &q2]
+        .into_iter()
+        .flat_map(|s| {
+            s.acked()
+                .into_iter()
+                .map(move |seq| (s.name.to_string(), seq))
+        })
+        .filter(|k| !d.delivered.contains_key(k))
+        .take(20)
+        .map(|(n, s)| format!("{n}:{s}"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged messages never delivered (seed {seed}, first 20): {lost:?}"
+    );
+    let dup2: Vec<u32> = d
+        .delivered
+        .iter()
+        .filter(|((n, _), &c)| n == "q2" && c > 1)
+        .map(|((_, s), _)| *s)
+        .collect();
+    assert!(
+        dup2.is_empty(),
+        "QoS 2 delivered more than once (seed {seed}): {:?}",
+        &dup2[..dup2.len().min(20)]
+    );
+}
+
+/// SIGKILLs and restarts `broker` [`KILLS`] times, each once `counter` grew by a seeded
+/// random amount in `between`, down for up to `down_ms`; stops early once `finished()`.
+/// Returns the counts at the kills.
+async fn kill_along(
+    broker: &mut Broker,
+    rng: &mut Rng,
+    counter: &AtomicU64,
+    between: (u64, u64),
+    down_ms: u64,
+    finished: impl Fn() -> bool,
+) -> Vec<u64> {
+    let mut kills = Vec::new();
+    for k in 0..KILLS {
+        let target = counter.load(Ordering::Relaxed) + rng.range(between.0, between.1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while counter.load(Ordering::Relaxed) < target && !finished() {
+            assert!(
+                Instant::now() < deadline,
+                "kill {k}: progress stuck at {} (waiting for {target}); log:\n{}",
+                counter.load(Ordering::Relaxed),
+                tail(&broker.run_log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if finished() {
+            break;
+        }
+        let at = counter.load(Ordering::Relaxed);
+        let status = tokio::task::block_in_place(|| broker.kill());
+        kills.push(at);
+        eprintln!("kill {k}: SIGKILL at {at} ({status:?})");
+        tokio::time::sleep(Duration::from_millis(rng.range(0, down_ms))).await;
+        tokio::task::block_in_place(|| broker.restart());
+    }
+    kills
 }
 
 /// The last `n` lines of a log.

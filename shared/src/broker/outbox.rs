@@ -119,7 +119,7 @@ impl Outbox {
 
     /// Takes the oldest held output if its batch is at or below `up_to`.
     fn release(&mut self, up_to: u64) -> Option<Output> {
-        if !self.held.front().is_some_and(|(b, _)| *b <= up_to) {
+        if self.held.front().is_none_or(|(b, _)| *b > up_to) {
             return None;
         }
         let (_, output) = self.held.pop_front()?;
