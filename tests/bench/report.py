@@ -28,7 +28,8 @@ THROUGHPUT = [
     ("shared-4-q1", "shared 4→$share group of 4, QoS 1"),
 ]
 LATENCY = [
-    ("latency-half-q0", "QoS 0, 4 pairs, at half of each broker's own saturating pairs rate"),
+    ("latency-halfpaced-q0", "QoS 0, 4 pairs, at half of each broker's saturating paced rate (ladder below)"),
+    ("latency-half-q0", "QoS 0, 4 pairs, at half of each broker's own saturating max-rate pairs throughput"),
     ("latency-10k-q0", "QoS 0, 4 pairs, 10,000 msg/s for every broker"),
     ("latency-30k-q0", "QoS 0, 4 pairs, 30,000 msg/s for every broker"),
     ("latency-10k-q1", "QoS 1, 4 pairs, 10,000 msg/s for every broker"),
@@ -240,6 +241,8 @@ def main():
                   f"| {num(l.get('p99_us'))} | {num(l.get('p999_us'))} | {num(l.get('max_us'))} "
                   f"| {num(lag.get('p99_us'))} | {verdict} |")
         d.add("", f"Tern / best peer (p99, lower is better): {ratio(p99.get('tern'), [p99.get(p) for p in PEERS], False)}", "")
+        if scenario == "latency-halfpaced-q0":
+            paced_ladder(d, res, cols)
 
     d.add("## Connections", "")
     d.add("Idle MQTT connections opened at 2,000 per second and held; afterwards every one "
@@ -367,11 +370,15 @@ def main():
         with open(os.path.join(run_dir, "commands.tsv")) as f:
             for line in f:
                 sc, b, cmd = line.rstrip("\n").split("\t", 2)
-                key = sc if sc != "latency-half-q0" else sc + b
+                per_broker = sc in ("latency-half-q0", "latency-halfpaced-q0")
+                if sc.startswith("paced-"):
+                    # The ladder: one line stands for all rungs.
+                    sc, cmd = "paced-RATE (saturation ladder)", re.sub(r"--rate \d+", "--rate RATE", cmd)
+                key = sc + b if per_broker else sc
                 if key in seen:
                     continue
                 seen.add(key)
-                d.add(f"# {sc}" + (f" ({b})" if sc == "latency-half-q0" else ""), cmd)
+                d.add(f"# {sc}" + (f" ({b})" if per_broker else ""), cmd)
     except OSError:
         pass
     d.add("```", "")
@@ -384,9 +391,10 @@ def main():
             pass
     store = fx.get("tern_store") or "memory"
     d.add(f"tern-edge: built-in profile `edge-gateway`, its defaults except the store "
-          f"(`{store}`), started as", "", "```",
+          f"(`{store}`) and the connection limits (lifted: the peers have none), started as", "", "```",
           f"TERN_LISTENERS__TCP__BIND=127.0.0.1:18833 TERN_STORE__BACKEND={store} \\",
           "TERN_NODE__DATA_DIR=<run dir>/tern-data TERN_ADMIN__BIND=127.0.0.1:0 TERN_LOG__LEVEL=warn \\",
+          "TERN_LIMITS__MAX_CONNECTIONS=0 TERN_LIMITS__MAX_CONNECTIONS_PER_IP=0 TERN_LIMITS__CONNECT_RATE=0 \\",
           "target/release/tern-edge --profile edge-gateway", "```", "")
 
     text = "\n".join(d.lines).rstrip() + "\n"
@@ -412,6 +420,34 @@ def foreign_sections(path, generated):
     sections = re.split(r"^(?=## )", old, flags=re.M)
     return [s.rstrip("\n") for s in sections[1:]
             if s.split("\n", 1)[0] not in ours]
+
+
+def paced_ladder(d, res, cols):
+    """The saturation search behind the half-paced-rate latency run."""
+    rungs = sorted({int(sc[len("paced-"):]) for sc, _ in res if sc.startswith("paced-")})
+    if not rungs:
+        return
+    d.add("The saturating paced rate: 4 paced pairs at QoS 0 on a ×1.5 ladder of total rates, "
+          "each rung a fresh broker; a rung is kept up when the run verifies, delivers ≥ 97 % of "
+          "the offered rate and its p99 stays under 20 ms (a backlog that grows shows as a p99 "
+          "near the run's length). The last rung kept up is the saturating rate; the run above "
+          "is at half of it. A max-rate run batches many messages per read and write, a paced "
+          "one cannot, so half the max-rate throughput (next table) can lie past what any paced "
+          "run sustains. Cells: p99 µs, ✓ kept up.", "")
+    d.add("| rate msg/s | " + " | ".join(n for _, n in cols) + " |", "|---" * (len(cols) + 1) + "|")
+    for rate in rungs:
+        cells = []
+        for b, _ in cols:
+            r = res.get((f"paced-{rate}", b))
+            if not r or r.get("missing"):
+                cells.append("–")
+                continue
+            p99 = (r.get("latency") or {}).get("p99_us")
+            delivered = (r.get("throughput") or {}).get("delivered_rate") or 0
+            kept = r.get("ok") and delivered >= 0.97 * rate and p99 is not None and p99 < 20000
+            cells.append(f"{num(p99)}{' ✓' if kept else ''}")
+        d.add(f"| {num(rate)} | " + " | ".join(cells) + " |")
+    d.add("")
 
 
 def broker_warnings(run_dir, cols):
@@ -501,10 +537,12 @@ def goals(get, idle, size, per_conn, tern_live):
             shown = f"{num(tp['delivered_rate'])}, but {tp['lost']:,} messages lost"
         out.append(row(f"{title} throughput", f"≥ 2× Mosquitto ({num(2 * m) if m else '–'}), no loss", shown,
                        t is not None and m is not None and t >= 2 * m))
-    r = get("latency-half-q0", "tern") or {}
-    p99 = (r.get("latency") or {}).get("p99_us")
-    out.append(row("p99 latency at half the saturating rate", "< 1,000 µs", f"{num(p99)} µs",
-                   p99 is not None and p99 < 1000 and r.get("ok")))
+    for scenario, which in (("latency-halfpaced-q0", "paced"), ("latency-half-q0", "max-rate")):
+        r = get(scenario, "tern") or {}
+        p99 = (r.get("latency") or {}).get("p99_us")
+        rate = (r.get("params") or {}).get("rate")
+        out.append(row(f"p99 latency at half the saturating rate ({which}: {num(rate)} msg/s)", "< 1,000 µs",
+                       f"{num(p99)} µs", p99 is not None and p99 < 1000 and r.get("ok")))
     pc = per_conn.get("tern")
     out.append(row("memory per idle connection (10,000)", "< 8,192 bytes", f"{num(pc)} bytes",
                    pc is not None and pc < 8192))
