@@ -5,13 +5,17 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::connection::{ConnId, ConnPhase};
 use super::persist::remove_entry;
 use super::session::{Awaiting, Session, SessionId};
 use super::Broker;
-use crate::mqtt::packet::{ConnAck, ConnAckProperties, Connect, Disconnect, Packet, PubResponse};
+use crate::mqtt::packet::{
+    ConnAck, ConnAckProperties, Connect, Disconnect, LastWill, Packet, PubResponse,
+    PublishProperties,
+};
 use crate::mqtt::reason;
 use crate::mqtt::topic::valid_topic_name;
 
@@ -42,7 +46,7 @@ impl Broker {
             assigned = Some(id.clone());
             id
         } else {
-            connect.client_id.clone()
+            own_copy(&connect.client_id)
         };
         if super::bridge::is_bridge_client_id(&client_id) {
             tracing::info!(?conn, %client_id, "client id reserved for bridge queues");
@@ -118,8 +122,8 @@ impl Broker {
             .min(self.config.max_inflight)
             .max(1);
         c.client_topic_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
-        c.will = connect.last_will;
-        c.identity.username = connect.username.clone();
+        c.will = connect.last_will.map(|will| Box::new(own_will(will)));
+        c.identity.username = connect.username.as_ref().map(own_copy);
         c.identity.client_id = client_id.clone();
         let identity = c.identity.clone();
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -291,7 +295,7 @@ impl Broker {
             return;
         };
         c.phase = ConnPhase::Closing;
-        let will = c.will.take();
+        let will = c.will.take().map(|will| *will);
         let identity = c.identity.clone();
         self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
         let Some(session) = self.sessions.get_mut(&sid) else {
@@ -341,6 +345,91 @@ impl Broker {
             .collect();
         for sid in expired {
             self.end_session(sid, now);
+        }
+    }
+}
+
+/// A copy of `s` in an allocation of its own, for what outlives the CONNECT (the
+/// session's client id, the user name). A decoded string shares the read buffer it came
+/// from, and would keep all of that buffer allocated for as long as the session lives.
+fn own_copy(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
+}
+
+/// `will` with every string and byte field in allocations of its own (see `own_copy`):
+/// a will is kept for the whole connection. Copied once per CONNECT, never per message.
+fn own_will(will: LastWill) -> LastWill {
+    let own_bytes = |b: &Bytes| Bytes::copy_from_slice(b);
+    let p = will.properties;
+    LastWill {
+        topic: own_copy(&will.topic),
+        payload: own_bytes(&will.payload),
+        properties: PublishProperties {
+            response_topic: p.response_topic.as_ref().map(own_copy),
+            correlation_data: p.correlation_data.as_ref().map(own_bytes),
+            user_properties: p
+                .user_properties
+                .iter()
+                .map(|(name, value)| (own_copy(name), own_copy(value)))
+                .collect(),
+            content_type: p.content_type.as_ref().map(own_copy),
+            ..p
+        },
+        ..will
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::QoS;
+
+    /// True if `a` and `b` are views of one allocation.
+    fn shared(a: &[u8], b: &[u8]) -> bool {
+        let a = a.as_ptr_range();
+        let b = b.as_ptr_range();
+        a.start < b.end && b.start < a.end
+    }
+
+    #[test]
+    fn what_a_session_keeps_does_not_pin_the_read_buffer() {
+        // As the codec decodes: every field a view of one received buffer.
+        let read = Bytes::from_static(b"client-1topicpayloadresponsecorrelationtypenamevalue");
+        let text = |from, to| ByteString::try_from(read.slice(from..to)).expect("utf-8");
+        let will = LastWill {
+            topic: text(8, 13),
+            payload: read.slice(13..20),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: PublishProperties {
+                response_topic: Some(text(20, 28)),
+                correlation_data: Some(read.slice(28..39)),
+                content_type: Some(text(39, 43)),
+                user_properties: vec![(text(43, 47), text(47, 52))],
+                message_expiry_interval: Some(7),
+                ..PublishProperties::default()
+            },
+            will_delay_interval: Some(3),
+        };
+
+        let id = own_copy(&text(0, 8));
+        assert_eq!(id, "client-1");
+        assert!(!shared(id.as_bytes(), &read));
+
+        let own = own_will(will.clone());
+        assert_eq!(own, will);
+        let p = &own.properties;
+        let (name, value) = &p.user_properties[0];
+        for field in [
+            own.topic.as_bytes(),
+            &own.payload,
+            p.response_topic.as_ref().expect("set").as_bytes(),
+            p.correlation_data.as_ref().expect("set"),
+            p.content_type.as_ref().expect("set").as_bytes(),
+            name.as_bytes(),
+            value.as_bytes(),
+        ] {
+            assert!(!shared(field, &read), "{field:?} still shares the buffer");
         }
     }
 }

@@ -36,8 +36,9 @@ pub(crate) struct Connection {
     pub(crate) last_activity: Instant,
     /// 1.5 × the negotiated keep-alive; `None` when keep-alive is off.
     pub(crate) keep_alive_timeout: Option<Duration>,
-    /// The will, cleared by a normal DISCONNECT.
-    pub(crate) will: Option<LastWill>,
+    /// The will, cleared by a normal DISCONNECT. Boxed: most clients have none, and
+    /// every connection's entry in the broker's table would carry its full size.
+    pub(crate) will: Option<Box<LastWill>>,
     /// Largest packet the client accepts (v5 CONNECT property).
     pub(crate) client_max_packet_size: u32,
     /// How many QoS 1/2 deliveries may be unacknowledged at the client.
