@@ -6,6 +6,10 @@
 //! queue into one buffer and writes it with one syscall. The driver owns the
 //! connection's life: whatever ends it, it reports `handle_closed` exactly once.
 //!
+//! An idle connection holds no buffers: on transports where a read with no room waits
+//! for input (plain TCP), the reader waits that way and takes its read buffer only once
+//! bytes are there; the writer releases its buffers once its queue is empty.
+//!
 //! When a packet pushes some connection's queue above its high-water mark, the reader
 //! stops feeding its batch and waits (at most `THROTTLE_WAIT`) for that queue to
 //! drain, so a publisher is slowed to the pace of its subscribers rather than flooding
@@ -66,8 +70,15 @@ enum End {
 
 /// Serves one client connection until it ends. `peer` is for log lines and login
 /// limits; `info` is what the transport's handshake learned (client certificate).
-pub(crate) async fn drive<S>(server: Server, stream: S, peer: SocketAddr, info: ConnInfo)
-where
+/// `empty_read_waits`: a read with no room waits for input on this stream (see
+/// `Transport::EMPTY_READ_WAITS`), so an idle connection can hold no read buffer.
+pub(crate) async fn drive<S>(
+    server: Server,
+    stream: S,
+    peer: SocketAddr,
+    info: ConnInfo,
+    empty_read_waits: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, writer) = tokio::io::split(stream);
@@ -89,12 +100,18 @@ where
     let mut congested = Vec::new();
 
     let end = loop {
-        if buf.is_empty() && buf.capacity() > 4 * read_size {
-            buf = BytesMut::new(); // Let a burst's large buffer go.
+        // Between packets, a quiet connection (reads at the smallest size) gives its
+        // buffers back: most devices send a packet now and then, and thousands of them
+        // would otherwise each pin a read buffer and a batch. A busy one keeps them.
+        let idle = buf.is_empty() && read_size == READ_MIN && empty_read_waits;
+        if idle || (buf.is_empty() && buf.capacity() > 4 * read_size) {
+            buf = BytesMut::new(); // Also lets a burst's large buffer go.
         }
-        buf.reserve(read_size);
+        if idle {
+            batch = VecDeque::new();
+        }
         tokio::select! {
-            read = reader.read_buf(&mut buf) => match read {
+            read = read_some(&mut reader, &mut buf, read_size, idle) => match read {
                 Ok(0) => break End::Eof,
                 Ok(n) => {
                     read_size = next_read_size(read_size, n);
@@ -164,12 +181,33 @@ where
         // input sends RST, which can destroy our last packets (the DISCONNECT saying
         // why) before the client reads them. Read and discard until the client closes
         // (not at shutdown, which must be quick).
-        let mut sink = [0u8; 1024];
+        // On the heap: an array here would enlarge every connection's task, all its life.
+        let mut sink = vec![0u8; 1024];
         let _ = tokio::time::timeout(LINGER, async {
             while let Ok(1..) = reader.read(&mut sink).await {}
         })
         .await;
     }
+}
+
+/// Reads into `buf`, offering it room for `size` more bytes. With `wait_first`, waits
+/// for input before taking that room (`buf` is then empty and unallocated): a read with
+/// no room completes once the stream is readable, reading nothing.
+async fn read_some<R>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    size: usize,
+    wait_first: bool,
+) -> std::io::Result<usize>
+where
+    R: AsyncRead + Unpin,
+{
+    if wait_first {
+        let nothing = reader.read(&mut []).await?;
+        debug_assert_eq!(nothing, 0);
+    }
+    buf.reserve(size);
+    reader.read_buf(buf).await
 }
 
 /// Doubles the read size after a read that filled it, halves it after one that used
@@ -236,23 +274,21 @@ async fn write_loop<W>(
     let mut packets = VecDeque::new();
     let mut out = BytesMut::new();
     while queue.take_all(&mut packets).await {
-        while let Some(packet) = packets.pop_front() {
-            encode(&packet, &version, &mut out);
-            if out.len() >= WRITE_BATCH || packets.is_empty() {
-                // TLS and WebSocket streams buffer what is written until flushed.
-                let written = tokio::select! {
-                    written = async {
-                        writer.write_all(&out).await?;
-                        writer.flush().await
-                    } => written,
-                    _ = queue.killed() => return,
-                };
-                if let Err(error) = written {
-                    tracing::debug!(%error, "connection write failed");
-                    return;
-                }
-                out.clear();
+        while !packets.is_empty() {
+            encode_some(&mut packets, &version, &mut out);
+            // TLS and WebSocket streams buffer what is written until flushed.
+            let written = tokio::select! {
+                written = async {
+                    writer.write_all(&out).await?;
+                    writer.flush().await
+                } => written,
+                _ = queue.killed() => return,
+            };
+            if let Err(error) = written {
+                tracing::debug!(%error, "connection write failed");
+                return;
             }
+            out.clear();
         }
         queue.wrote(high_water);
         if queue.len() == 0 {
@@ -266,7 +302,74 @@ async fn write_loop<W>(
     }
 }
 
-fn encode(packet: &Packet, version: &OnceLock<ProtocolVersion>, out: &mut BytesMut) {
+/// Encodes packets from the front of `packets` into `out` until it holds
+/// `WRITE_BATCH` bytes or `packets` is empty. Not async on purpose: a packet held
+/// across the writer's await would enlarge every connection's writer task.
+fn encode_some(
+    packets: &mut VecDeque<Packet>,
+    version: &OnceLock<ProtocolVersion>,
+    out: &mut BytesMut,
+) {
     let version = version.get().copied().unwrap_or(FALLBACK_VERSION);
-    codec::encode(packet, version, out);
+    while out.len() < WRITE_BATCH {
+        let Some(packet) = packets.pop_front() else {
+            return;
+        };
+        codec::encode(&packet, version, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer_until_input_comes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (mut reader, _writer) = tokio::io::split(server);
+        let mut buf = BytesMut::new();
+
+        let waiting = read_some(&mut reader, &mut buf, READ_MIN, true).now_or_never();
+        assert!(waiting.is_none(), "no input yet");
+        assert_eq!(buf.capacity(), 0, "waiting without a buffer");
+
+        client.write_all(b"\xc0\x00").await.expect("write"); // PINGREQ
+        let n = read_some(&mut reader, &mut buf, READ_MIN, true)
+            .await
+            .expect("read");
+        assert_eq!((n, &buf[..]), (2, &b"\xc0\x00"[..]));
+    }
+
+    #[test]
+    fn a_burst_is_encoded_in_write_batches() {
+        let version = OnceLock::new();
+        let publish = |size| {
+            Packet::Publish(tern_core::mqtt::packet::Publish {
+                dup: false,
+                qos: tern_core::message::QoS::AtMostOnce,
+                retain: false,
+                topic: "t".into(),
+                packet_id: None,
+                properties: Default::default(),
+                payload: bytes::Bytes::from(vec![0u8; size]),
+            })
+        };
+        let mut packets: VecDeque<Packet> = (0..3).map(|_| publish(WRITE_BATCH / 2)).collect();
+        let mut out = BytesMut::new();
+        encode_some(&mut packets, &version, &mut out);
+        assert_eq!(packets.len(), 1, "stops once a batch is full");
+        assert!(out.len() >= WRITE_BATCH);
+        out.clear();
+        encode_some(&mut packets, &version, &mut out);
+        assert!(packets.is_empty());
+        assert!(out.len() > WRITE_BATCH / 2 && out.len() < WRITE_BATCH);
+    }
 }

@@ -48,6 +48,11 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// The byte stream that carries MQTT packets.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
+    /// True if a read with no room on `Stream` waits until input arrives (reading
+    /// nothing), as a plain socket does: idle connections then hold no read buffer.
+    /// TLS and WebSocket streams may answer such a read at once, so they say false.
+    const EMPTY_READ_WAITS: bool = false;
+
     /// URL scheme for log lines (`mqtt`, `mqtts`, `ws`, `wss`).
     fn scheme(&self) -> &'static str;
 
@@ -209,7 +214,9 @@ async fn accept_loop<T: Transport>(transport: T, server: Server, mut admission: 
                             drop(transport);
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade).await {
                                 Ok(Ok((stream, info))) => {
-                                    crate::connection::drive(server, stream, peer, info).await
+                                    let waits = T::EMPTY_READ_WAITS;
+                                    crate::connection::drive(server, stream, peer, info, waits)
+                                        .await
                                 }
                                 Ok(Err(error)) => {
                                     tracing::debug!(%peer, %error, "{scheme} handshake failed")

@@ -26,6 +26,10 @@ impl Transport for TcpTransport {
     type Accepted = TcpStream;
     type Stream = TcpStream;
 
+    // tokio's TcpStream waits for readiness before every read, an empty one included
+    // (`connection::tests::an_idle_reader_holds_no_buffer_until_input_comes` checks it).
+    const EMPTY_READ_WAITS: bool = true;
+
     fn scheme(&self) -> &'static str {
         "mqtt"
     }
