@@ -20,9 +20,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 use super::{
-    EntryRecord, EntryState, InvalidOp, MessageId, SessionRecord, SessionSnapshot, Snapshot, Store,
-    StoreError, StoreLimits, StoreOp, StoreStats, StoredMessage, StoredProperties,
-    SubscriptionRecord,
+    CompactionPolicy, EntryRecord, EntryState, InvalidOp, MessageId, SessionRecord,
+    SessionSnapshot, Snapshot, Store, StoreError, StoreLimits, StoreOp, StoreStats, StoredMessage,
+    StoredProperties, SubscriptionRecord,
 };
 use crate::message::QoS;
 use crate::mqtt::packet::{ProtocolVersion, RetainHandling};
@@ -78,6 +78,7 @@ macro_rules! store_conformance_tests {
             cursor_ops_are_atomic_with_their_batch,
             cursors_survive_reopen,
             cursors_in_the_budget,
+            reclaim_space_keeps_everything,
             random_against_model,
         );
     };
@@ -137,6 +138,7 @@ suite!(
     cursor_ops_are_atomic_with_their_batch,
     cursors_survive_reopen,
     cursors_in_the_budget,
+    reclaim_space_keeps_everything,
     random_against_model,
 );
 
@@ -1235,6 +1237,62 @@ pub fn records_round_trip_exactly<F: StoreFactory>(factory: &mut F) {
     assert_eq!(checked(&store), model.snapshot());
     let store = factory.reopen(store);
     assert_eq!(checked(&store), model.snapshot(), "after reopen");
+}
+
+/// Rule 12: [`Store::reclaim_space`] changes nothing `load` or `stats` returns, whether
+/// it compacts or not, and the store stays usable and reopens the same.
+pub fn reclaim_space_keeps_everything<F: StoreFactory>(factory: &mut F) {
+    let mut store = factory.create(StoreLimits::default());
+    let (a, b) = (cid(1), cid(2));
+    // A queue of large messages, drained but for one message `b` also holds: a file
+    // worth compacting, for a store that has one.
+    let mut fill = vec![put_session(&a, 1), put_session(&b, 2)];
+    for id in 1..=400 {
+        fill.push(StoreOp::PutMessage {
+            id: MessageId(id),
+            message: message(id, 4096),
+        });
+        fill.push(enqueue(&a, id, id));
+    }
+    fill.extend([
+        enqueue(&b, 1, 400),
+        StoreOp::AddIncomingQos2 {
+            client_id: b.clone(),
+            packet_id: 9,
+        },
+        StoreOp::PutRetained(message(7, 100)),
+        put_cursor("outbox/0", 3),
+    ]);
+    ok(&mut store, &fill, "fill");
+    ok(
+        &mut store,
+        &[StoreOp::RemoveEntriesUpTo {
+            client_id: a.clone(),
+            up_to: 400,
+        }],
+        "drain",
+    );
+    let before = checked(&store);
+    let stats = store.stats();
+    let eager = CompactionPolicy {
+        min_reclaim_bytes: 1,
+    };
+    for round in 0..2 {
+        if let Err(e) = store.reclaim_space(&eager) {
+            panic!("reclaim_space round {round}: {e}");
+        }
+        assert_eq!(checked(&store), before, "load after reclaim_space {round}");
+        assert_eq!(store.stats(), stats, "stats after reclaim_space {round}");
+    }
+    ok(
+        &mut store,
+        &[put_message(401), enqueue(&a, 401, 401)],
+        "after reclaim_space",
+    );
+    let snap = checked(&store);
+    assert_eq!(seqs(&snap, &a), vec![401]);
+    let store = factory.reopen(store);
+    assert_eq!(checked(&store), snap, "reopen after reclaim_space");
 }
 
 /// What was applied survives a reopen, and the reopened store accepts more batches.

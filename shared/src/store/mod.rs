@@ -89,6 +89,9 @@
 //!     (removing what was acknowledged, storing what was received) is never ahead of
 //!     them or behind them, after a failed batch or a crash.
 //!
+//! 12. **Compaction.** [`Store::reclaim_space`] changes nothing `load` and `stats`
+//!     return, whether it compacts or not; only the size of the store's files changes.
+//!
 //! The store does not check MQTT invariants (distinct packet ids among in-flight
 //! entries, QoS ranges, topic syntax): the broker owns those, and checking them here
 //! would need scans that a million-entry backlog cannot afford.
