@@ -350,7 +350,8 @@ pub struct StoreConfig {
     /// `compact_min_bytes`).
     pub compact_on_start: bool,
     /// Seconds without a store write after which the redb file is compacted when it is
-    /// worth it (0: never while running).
+    /// worth it; while writes keep coming, it is looked at as often but compacted only
+    /// when it holds little (0: never while running).
     pub compact_idle_secs: u64,
     /// A compaction is worth it when the file is more than twice the bytes in use and
     /// larger than them by at least this many bytes (at least 1 MiB).

@@ -11,9 +11,13 @@
 //!
 //! Space: the store file does not shrink by itself when queues drain. It is compacted
 //! (see [`CompactionPolicy`]) when opened, before the broker serves, and by this thread
-//! once no batch came for `compact_idle_secs`. The thread owns the store, so nothing
-//! else touches it meanwhile; batches that arrive during a compaction wait in the
-//! channel (and their PUBACKs with them) and are merged into the next commit.
+//! once no batch came for `compact_idle_secs`. A gateway whose bridge writes the store
+//! all the time is never idle, so while batches keep coming the thread also looks once
+//! per `compact_idle_secs`, but compacts then only a store that holds little
+//! ([`BUSY_COMPACT_MAX_IN_USE`]): a compaction copies what is in use, so its pause is
+//! short then. The thread owns the store, so nothing else touches it meanwhile; batches
+//! that arrive during a compaction wait in the channel (and their PUBACKs with them)
+//! and are merged into the next commit.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -135,6 +139,7 @@ pub(crate) fn spawn(
         compact_idle: (config.compact_idle_secs > 0)
             .then(|| Duration::from_secs(config.compact_idle_secs)),
         policy: policy(config),
+        compact_checked: Instant::now(),
         server,
     };
     let handle = std::thread::Builder::new()
@@ -153,6 +158,17 @@ pub(crate) fn spawn(
 /// Least time between two "store full" log lines.
 const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// While batches keep coming, only a store holding at most this many bytes is
+/// compacted: a drained 140 MB file compacted in 0.2 s, one holding 60 MB in 2 s
+/// (release build, loaded 2-core machine).
+const BUSY_COMPACT_MAX_IN_USE: u64 = 4 * 1024 * 1024;
+
+/// Whether the commit thread, busy with batches, should look at the store file now:
+/// once per `every` since it last did (`since_check`), if the store holds little.
+fn busy_compaction_check(every: Duration, since_check: Duration, in_use_bytes: u64) -> bool {
+    since_check >= every && in_use_bytes <= BUSY_COMPACT_MAX_IN_USE
+}
+
 struct Committer {
     store: BoxedStore,
     /// When "store full" was last logged, and the refusals since.
@@ -163,9 +179,12 @@ struct Committer {
     merge: bool,
     window: Duration,
     max_ops: usize,
-    /// Compact after this long without a batch; `None`: never while running.
+    /// Compact after this long without a batch, and look this often while busy;
+    /// `None`: never while running.
     compact_idle: Option<Duration>,
     policy: CompactionPolicy,
+    /// When the store file was last looked at for compaction.
+    compact_checked: Instant,
     server: Server,
 }
 
@@ -180,6 +199,12 @@ impl Committer {
         // A batch came since the store was last checked for compaction.
         let mut wrote = false;
         while let Some(first) = self.next_batch(&rx, &mut wrote) {
+            if let Some(every) = self.compact_idle {
+                let since = self.compact_checked.elapsed();
+                if busy_compaction_check(every, since, self.store.stats().bytes) {
+                    self.compact("busy");
+                }
+            }
             ops.clear();
             group.clear();
             ops.extend(first.ops);
@@ -241,18 +266,24 @@ impl Committer {
                 Err(RecvTimeoutError::Disconnected) => return None,
                 Err(RecvTimeoutError::Timeout) => {
                     *wrote = false;
-                    if let Err(error) = reclaim(self.store.as_mut(), &self.policy, "idle") {
-                        tracing::error!(%error, "store compaction failed");
-                        if matches!(error, StoreError::Io { .. }) {
-                            exit_unusable();
-                        }
-                    }
+                    self.compact("idle");
                 }
             }
         }
         let batch = rx.recv().ok()?;
         *wrote = true;
         Some(batch)
+    }
+
+    /// Compacts the store if it is worth it; `when` names the occasion for the log.
+    fn compact(&mut self, when: &str) {
+        self.compact_checked = Instant::now();
+        if let Err(error) = reclaim(self.store.as_mut(), &self.policy, when) {
+            tracing::error!(%error, "store compaction failed");
+            if matches!(error, StoreError::Io { .. }) {
+                exit_unusable();
+            }
+        }
     }
 
     /// Reports the outcome of applying batch `id` to the broker.
@@ -288,4 +319,32 @@ impl Committer {
 fn exit_unusable() -> ! {
     tracing::error!("the store is unusable after an I/O error; exiting");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn busy_compaction_check_once_per_interval() {
+        assert!(!busy_compaction_check(EVERY, Duration::from_secs(29), 0));
+        assert!(busy_compaction_check(EVERY, EVERY, 0));
+        assert!(busy_compaction_check(
+            EVERY,
+            Duration::from_secs(3600),
+            1000
+        ));
+    }
+
+    #[test]
+    fn busy_compaction_check_only_for_a_store_holding_little() {
+        assert!(busy_compaction_check(EVERY, EVERY, BUSY_COMPACT_MAX_IN_USE));
+        assert!(!busy_compaction_check(
+            EVERY,
+            EVERY,
+            BUSY_COMPACT_MAX_IN_USE + 1
+        ));
+    }
 }

@@ -7,7 +7,8 @@
 //!
 //! * while running: after `store.compact_idle_secs` without a store write the broker
 //!   compacts the file (it logs it), and the file is measured smaller than before the
-//!   drain;
+//!   drain; the same under a steady trickle of messages that never lets the store be
+//!   idle, once what is left in the store is small;
 //! * at startup: with the idle compaction off, the drained file keeps its size until a
 //!   restart, which compacts it before serving.
 //!
@@ -27,8 +28,11 @@ use raw::{kind, prop, Props, PublishOut};
 const BACKLOG: u32 = 6000;
 /// Their payload size: the backlog is ~12 MB of payload.
 const PAYLOAD: usize = 2000;
-/// Messages queued for the session that is never drained.
-const KEPT: u32 = 50;
+/// Messages queued for the session that is never drained, when they are to be few.
+const FEW_KEPT: u32 = 50;
+/// ... and when they are to be more than a busy broker compacts (4 MiB, see
+/// `BUSY_COMPACT_MAX_IN_USE` in edge/src/group_commit.rs): only an idle one does.
+const MANY_KEPT: u32 = 2600;
 /// PUBLISHes in flight while filling.
 const WINDOW: u32 = 100;
 /// How long a compaction may take to show in the log (it is quick; this is a bound
@@ -120,21 +124,29 @@ async fn drain(addr: &str, connect: &raw::Connect, n: u32) -> BTreeSet<u32> {
     seen
 }
 
-/// Two offline sessions: `big` with the large backlog, `kept` with a few messages.
+/// Two offline sessions: `big` with the large backlog, `kept` with `kept_count`
+/// messages on `kept_topic`.
 struct Filled {
     big: raw::Connect,
     kept: raw::Connect,
+    kept_topic: String,
+    kept_count: u32,
 }
 
-async fn fill(broker: &Broker) -> Filled {
+async fn fill(broker: &Broker, kept_count: u32) -> Filled {
     let addr = broker.addr();
     let big_topic = unique("compact/big");
     let kept_topic = unique("compact/kept");
     let big = offline_subscriber(&addr, &unique("compact-big"), &big_topic).await;
     let kept = offline_subscriber(&addr, &unique("compact-kept"), &kept_topic).await;
-    publish_acked(&addr, &kept_topic, KEPT).await;
+    publish_acked(&addr, &kept_topic, kept_count).await;
     publish_acked(&addr, &big_topic, BACKLOG).await;
-    Filled { big, kept }
+    Filled {
+        big,
+        kept,
+        kept_topic,
+        kept_count,
+    }
 }
 
 /// Drains the large backlog and checks that every message came.
@@ -145,8 +157,9 @@ async fn drain_big(broker: &Broker, filled: &Filled) {
 
 /// The messages of the session that was never drained are all still there.
 async fn kept_are_intact(broker: &Broker, filled: &Filled, when: &str) {
-    let seen = drain(&broker.addr(), &filled.kept, KEPT).await;
-    assert_eq!(seen, (0..KEPT).collect(), "queued messages {when}");
+    let n = filled.kept_count;
+    let seen = drain(&broker.addr(), &filled.kept, n).await;
+    assert_eq!(seen, (0..n).collect(), "queued messages {when}");
 }
 
 /// The "store file compacted" lines of the current run that name `when`.
@@ -183,7 +196,7 @@ async fn drained_store_file_shrinks_while_idle() {
     ) else {
         return;
     };
-    let filled = fill(&broker).await;
+    let filled = fill(&broker, MANY_KEPT).await;
     let full = store_size(&broker);
     assert!(
         full > 10_000_000,
@@ -224,7 +237,7 @@ async fn drained_store_file_shrinks_at_startup() {
     ) else {
         return;
     };
-    let filled = fill(&broker).await;
+    let filled = fill(&broker, FEW_KEPT).await;
     drain_big(&broker, &filled).await;
     let drained = store_size(&broker);
     assert!(drained > 10_000_000, "the file grew: {drained} bytes");
@@ -248,4 +261,55 @@ async fn drained_store_file_shrinks_at_startup() {
         "the drained file shrinks at startup: {drained} -> {after} bytes"
     );
     kept_are_intact(&broker, &filled, "after the startup compaction").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_store_file_shrinks_under_steady_traffic() {
+    let Some(broker) = Broker::start_configured(
+        &[MIN_BYTES, ("TERN_STORE__COMPACT_IDLE_SECS", "1")],
+        "needs the idle compaction configured",
+    ) else {
+        return;
+    };
+    let filled = fill(&broker, FEW_KEPT).await;
+    let full = store_size(&broker);
+    let before = compaction_lines(&broker, "busy").len();
+    drain_big(&broker, &filled).await;
+    // A stored QoS 1 message every 200 ms: the store is never idle for a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = tokio::spawn({
+        let (addr, topic, stop) = (broker.addr(), filled.kept_topic.clone(), stop.clone());
+        async move {
+            let (mut c, _) = RawClient::connect(&addr, &raw_v5(&unique("compact-trickle"))).await;
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let seq = FEW_KEPT + sent;
+                let pid = (sent % 1000) as u16 + 1;
+                let msg = PublishOut::new(&topic, &payload(seq)).qos(1, pid);
+                c.send(&msg.encode(raw::V5)).await.unwrap();
+                let p = c.expect(WAIT, "PUBACK").await;
+                assert_eq!(p.kind, kind::PUBACK, "{p:?}");
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            sent
+        }
+    });
+    let line = tokio::task::block_in_place(|| wait_compaction(&broker, "busy", before));
+    let after = store_size(&broker);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = trickle.await.expect("trickle publisher");
+    eprintln!("file {full} -> {after} bytes under traffic; {line}");
+    assert_eq!(
+        compaction_lines(&broker, "idle"),
+        Vec::<String>::new(),
+        "the store was never idle"
+    );
+    assert!(
+        after * 2 < full,
+        "the drained file shrinks under traffic: {full} -> {after} bytes"
+    );
+    let n = FEW_KEPT + sent;
+    let seen = drain(&broker.addr(), &filled.kept, n).await;
+    assert_eq!(seen, (0..n).collect(), "queued and trickled messages");
 }
