@@ -93,6 +93,34 @@ impl Persistence {
     }
 }
 
+/// Stored messages converted between two shrinks of the snapshot's vector.
+const RESTORE_CHUNK: usize = 4096;
+
+/// The snapshot's messages (by ascending id) as the broker's, by ascending id: a
+/// sorted vector looked up by binary search costs 16 bytes a message, a hash map about
+/// twice that. They are converted from the end of the snapshot's vector, which is
+/// shrunk every [`RESTORE_CHUNK`] messages, so its memory goes back to the allocator
+/// while the broker's messages are built and the two forms of a large backlog are
+/// never held whole at once.
+fn restore_messages(
+    mut stored: Vec<(MessageId, StoredMessage)>,
+    now: Instant,
+    now_unix_ms: u64,
+) -> Vec<(MessageId, Arc<Message>)> {
+    let mut messages = Vec::with_capacity(stored.len());
+    while !stored.is_empty() {
+        let keep = stored.len().saturating_sub(RESTORE_CHUNK);
+        let converted = stored
+            .drain(keep..)
+            .rev()
+            .map(|(id, m)| (id, Arc::new(m.into_message(now, now_unix_ms))));
+        messages.extend(converted);
+        stored.shrink_to_fit();
+    }
+    messages.reverse();
+    messages
+}
+
 /// The op that changes the state of delivery `seq` of `session`.
 pub(super) fn update_entry(session: &Session, seq: u64, state: EntryState) -> StoreOp {
     StoreOp::UpdateEntry {
@@ -116,10 +144,10 @@ impl Broker {
     /// `now` and `now_unix_ms` naming the same moment.
     ///
     /// The snapshot is consumed as it is converted: each stored message moves its
-    /// topic, payload and properties into the broker's message, and the snapshot's
-    /// maps free their nodes as they are walked, so the allocator reuses that memory
-    /// for the broker's structures. A restore of a large backlog thus peaks near the
-    /// memory the backlog takes in the running broker, not at twice it.
+    /// topic, payload and properties into the broker's message, and what the snapshot
+    /// held goes back to the allocator as it is converted (see `restore_messages`),
+    /// so a restore of a large backlog peaks near the memory the backlog takes in the
+    /// running broker, not at twice it.
     pub fn restore(&mut self, snapshot: Snapshot, now: Instant, now_unix_ms: u64) {
         self.outbox.enable_persistence();
         self.persistence.anchor = Some((now, now_unix_ms));
@@ -132,12 +160,7 @@ impl Broker {
             cursors,
         } = snapshot;
         self.cursors = cursors.into_iter().collect();
-        // By ascending id, as the snapshot holds them: a sorted vector looked up by
-        // binary search costs 16 bytes a message, a hash map about twice that.
-        let messages: Vec<(MessageId, Arc<Message>)> = messages
-            .into_iter()
-            .map(|(id, m)| (id, Arc::new(m.into_message(now, now_unix_ms))))
-            .collect();
+        let messages = restore_messages(messages, now, now_unix_ms);
         for retained in retained {
             if !retained.is_expired(now_unix_ms) {
                 self.retained

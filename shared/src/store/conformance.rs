@@ -373,14 +373,18 @@ fn check_invariants(snap: &Snapshot, stats: StoreStats) {
         );
         for (_, e) in &s.entries {
             assert!(
-                snap.messages.contains_key(&e.message),
+                snap.message(e.message).is_some(),
                 "entry's message {:?} stored",
                 e.message
             );
             referenced.insert(e.message);
         }
     }
-    let stored: BTreeSet<_> = snap.messages.keys().copied().collect();
+    assert!(
+        snap.messages.windows(2).all(|w| w[0].0 < w[1].0),
+        "messages by ascending id, unique"
+    );
+    let stored: BTreeSet<_> = snap.messages.iter().map(|(id, _)| *id).collect();
     assert_eq!(
         stored, referenced,
         "exactly the referenced messages are stored"
@@ -483,7 +487,7 @@ pub fn delete_session_cascades<F: StoreFactory>(factory: &mut F) {
     assert_eq!(sb.entries, vec![(1, entry(11))]);
     assert_eq!(sb.incoming_qos2, vec![1]);
     assert_eq!(
-        snap.messages.keys().copied().collect::<Vec<_>>(),
+        snap.messages.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         vec![MessageId(11)],
         "only a's message collected"
     );
@@ -580,10 +584,7 @@ pub fn messages_live_while_referenced<F: StoreFactory>(factory: &mut F) {
         &[put_message(7), enqueue(&a, 1, 7), enqueue(&b, 1, 7)],
         "shared",
     );
-    assert_eq!(
-        checked(&store).messages.get(&MessageId(7)),
-        Some(&message(7, 16))
-    );
+    assert_eq!(checked(&store).message(MessageId(7)), Some(&message(7, 16)));
     refused(
         &mut store,
         &[put_message(7)],
@@ -592,7 +593,7 @@ pub fn messages_live_while_referenced<F: StoreFactory>(factory: &mut F) {
     );
 
     ok(&mut store, &[remove_entry(&a, 1)], "one reference left");
-    assert!(checked(&store).messages.contains_key(&MessageId(7)));
+    assert!(checked(&store).message(MessageId(7)).is_some());
     ok(&mut store, &[remove_entry(&b, 1)], "no reference left");
     assert!(
         checked(&store).messages.is_empty(),
@@ -631,7 +632,7 @@ pub fn message_may_move_between_entries_in_a_batch<F: StoreFactory>(factory: &mu
     let snap = checked(&store);
     assert_eq!(seqs(&snap, &a), Vec::<u64>::new());
     assert_eq!(seqs(&snap, &b), vec![4]);
-    assert!(snap.messages.contains_key(&MessageId(5)), "message kept");
+    assert!(snap.message(MessageId(5)).is_some(), "message kept");
 
     // Deleting the session and re-enqueueing the message elsewhere, same thing.
     ok(
@@ -646,7 +647,7 @@ pub fn message_may_move_between_entries_in_a_batch<F: StoreFactory>(factory: &mu
     );
     let snap = checked(&store);
     assert_eq!(seqs(&snap, &a), vec![9]);
-    assert!(snap.messages.contains_key(&MessageId(5)));
+    assert!(snap.message(MessageId(5)).is_some());
 }
 
 /// Entries load by ascending sequence whatever the order they were enqueued in,
@@ -729,7 +730,7 @@ pub fn remove_entries_up_to<F: StoreFactory>(factory: &mut F) {
         "a prefix session keeps its entries"
     );
     assert_eq!(
-        snap.messages.keys().map(|id| id.0).collect::<Vec<_>>(),
+        snap.messages.iter().map(|(id, _)| id.0).collect::<Vec<_>>(),
         vec![4],
         "messages of removed entries are collected"
     );
@@ -2016,7 +2017,11 @@ impl Model {
                     incoming_qos2: ids.iter().copied().collect(),
                 })
                 .collect(),
-            messages: self.messages.clone(),
+            messages: self
+                .messages
+                .iter()
+                .map(|(id, m)| (*id, m.clone()))
+                .collect(),
             retained: self.retained.values().cloned().collect(),
             cursors: self.cursors.clone(),
         }

@@ -486,8 +486,10 @@ pub struct Snapshot {
     pub version: u32,
     /// Sessions by client id.
     pub sessions: Vec<SessionSnapshot>,
-    /// Messages referenced by entries, by id.
-    pub messages: BTreeMap<MessageId, StoredMessage>,
+    /// Messages referenced by entries, by ascending id, each once. A sorted vector
+    /// rather than a map: a restore of a million-message backlog holds them all at
+    /// once, and a B-tree filled in key order leaves its nodes half empty.
+    pub messages: Vec<(MessageId, StoredMessage)>,
     /// Retained messages by topic.
     pub retained: Vec<StoredMessage>,
     /// Named cursors by name, as last put.
@@ -500,7 +502,7 @@ impl Snapshot {
         Snapshot {
             version: FORMAT_VERSION,
             sessions: Vec::new(),
-            messages: BTreeMap::new(),
+            messages: Vec::new(),
             retained: Vec::new(),
             cursors: BTreeMap::new(),
         }
@@ -510,9 +512,18 @@ impl Snapshot {
     pub fn next_message_id(&self) -> MessageId {
         MessageId(
             self.messages
-                .last_key_value()
+                .last()
                 .map_or(0, |(id, _)| id.0.saturating_add(1)),
         )
+    }
+
+    /// The stored message `id`, if any.
+    pub fn message(&self, id: MessageId) -> Option<&StoredMessage> {
+        let at = self
+            .messages
+            .binary_search_by_key(&id, |(id, _)| *id)
+            .ok()?;
+        Some(&self.messages[at].1)
     }
 }
 
@@ -691,10 +702,11 @@ mod tests {
         let mut snap = Snapshot::empty();
         assert_eq!(snap.next_message_id(), MessageId(0));
         let t0 = Instant::now();
-        snap.messages.insert(
-            MessageId(41),
-            StoredMessage::from_message(&message(None, t0), t0, 0),
-        );
+        let stored = StoredMessage::from_message(&message(None, t0), t0, 0);
+        snap.messages.push((MessageId(3), stored.clone()));
+        snap.messages.push((MessageId(41), stored.clone()));
         assert_eq!(snap.next_message_id(), MessageId(42));
+        assert_eq!(snap.message(MessageId(41)), Some(&stored));
+        assert_eq!(snap.message(MessageId(4)), None);
     }
 }

@@ -100,8 +100,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ::redb::{
-    Builder, Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition,
-    TableHandle, WriteTransaction,
+    Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, TableHandle, WriteTransaction,
 };
 use bytestring::ByteString;
 
@@ -475,7 +475,6 @@ impl RedbStore {
     /// Counts everything from the tables, to check the running totals in tests.
     #[cfg(test)]
     fn recount(&self) -> StoreStats {
-        use ::redb::ReadableTableMetadata;
         let snap = self.load().expect("load for recount");
         let txn = self.db.begin_read().expect("read");
         let mut s = StoreStats {
@@ -1041,12 +1040,18 @@ impl Store for RedbStore {
             snap.sessions.push(session);
         }
         let mut strings = codec::Interner::default();
+        let count = messages.len().map_err(|e| err(e.into()))?;
+        // Exactly sized: a million messages would otherwise leave up to half the
+        // vector's capacity unused while the broker restores from it.
+        snap.messages
+            .reserve_exact(usize::try_from(count).unwrap_or(0));
         for row in messages.iter().map_err(|e| err(e.into()))? {
             let (k, v) = row.map_err(|e| err(e.into()))?;
             let id = k.value();
             let message = codec::decode_message(None, v.value(), &mut strings)
                 .map_err(|e| decode_error(path, "messages", &id, e))?;
-            snap.messages.insert(MessageId(id), message);
+            // The table iterates by ascending key: the vector is sorted.
+            snap.messages.push((MessageId(id), message));
         }
         for row in retained.iter().map_err(|e| err(e.into()))? {
             let (k, v) = row.map_err(|e| err(e.into()))?;
