@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tern_core::mqtt::codec::{self, DecodeError};
 use tern_core::mqtt::packet::{Packet, ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -202,12 +203,21 @@ async fn read_some<R>(
 where
     R: AsyncRead + Unpin,
 {
-    if wait_first {
+    if !wait_first {
+        buf.reserve(size);
+        return reader.read_buf(buf).await;
+    }
+    loop {
         let nothing = reader.read(&mut []).await?;
         debug_assert_eq!(nothing, 0);
+        buf.reserve(size);
+        // Readiness can be spurious (a new socket starts out readable): read only if
+        // bytes are there; if not, give the buffer back and wait again.
+        if let Some(read) = reader.read_buf(buf).now_or_never() {
+            return read;
+        }
+        *buf = BytesMut::new();
     }
-    buf.reserve(size);
-    reader.read_buf(buf).await
 }
 
 /// Doubles the read size after a read that filled it, halves it after one that used
@@ -321,8 +331,6 @@ fn encode_some(
 
 #[cfg(test)]
 mod tests {
-    use futures_util::FutureExt;
-
     use super::*;
 
     #[tokio::test]
@@ -330,11 +338,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
-        let (mut reader, _writer) = tokio::io::split(server);
+        let addr = listener.local_addr().expect("addr");
+        let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let stream = crate::listener::TcpConn::new(accepted);
+        let (mut reader, _writer) = tokio::io::split(stream);
         let mut buf = BytesMut::new();
 
         let waiting = read_some(&mut reader, &mut buf, READ_MIN, true).now_or_never();

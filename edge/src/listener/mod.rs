@@ -21,6 +21,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::{JoinHandle, JoinSet};
 
+#[cfg(test)]
+pub(crate) use tcp::TcpConn;
+
 use crate::config::EdgeConfig;
 use crate::limits::{ConnectRate, ConnectionLimits, Refusal};
 use crate::server::Server;
@@ -49,8 +52,8 @@ pub(crate) trait Transport: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// True if a read with no room on `Stream` waits until input arrives (reading
-    /// nothing), as a plain socket does: idle connections then hold no read buffer.
-    /// TLS and WebSocket streams may answer such a read at once, so they say false.
+    /// nothing), as the TCP transport's does: idle connections then hold no read
+    /// buffer. TLS and WebSocket streams may answer such a read at once: false.
     const EMPTY_READ_WAITS: bool = false;
 
     /// URL scheme for log lines (`mqtt`, `mqtts`, `ws`, `wss`).
