@@ -15,7 +15,9 @@
 # (b) Restart with a backlog of 10 offline persistent sessions × 100,000 QoS 1 messages
 #     (1,000,000 queued): fill rate, store file size, then SIGKILL and start again on the
 #     same data directory: time to "listening", RSS after the restore; one session drained
-#     to check its 100,000 messages; then SIGTERM and a second start (900,000 queued).
+#     to check its 100,000 messages; then SIGTERM and a second start (900,000 queued);
+#     then the other sessions drain and the store file is measured before, after the
+#     drain and after the idle compaction (`store.compact_idle_secs = 5`).
 #
 # Writes the section "## Durable edge" of BENCHMARKS.md (replaced if present, appended at
 # the end otherwise; the file is re-read just before writing, others write it too).
@@ -241,14 +243,14 @@ restart_measure() {
     local name=$1 t0 t1 rss hwm listen_line
     echo "=== start $name ===" >>"$LOG_B"
     t0=$(now)
-    start_tern "$DATA_B" "$LOG_B" TERN_MQTT__MAX_QUEUED_MESSAGES=$QUEUE
+    start_tern "$DATA_B" "$LOG_B" TERN_MQTT__MAX_QUEUED_MESSAGES=$QUEUE TERN_STORE__COMPACT_IDLE_SECS=5
     if ! wait_port $PORT_TERN 600; then log "tern-edge did not come back ($name)"; exit 1; fi
     t1=$(now)
     sleep 1
     rss=$(rss_kib "$BROKER_PID"); hwm=$(hwm_kib "$BROKER_PID")
     listen_line=$(grep -a "listening on" "$LOG_B" | tail -1 || true)
     printf '{"name":"%s","seconds_to_accept":%s,"rss_kib":%s,"peak_rss_kib":%s,"store_file_bytes":%s,"restored":"%s","listening":"%s"}\n' \
-        "$name" "$(echo "$t1 - $t0" | bc)" "$rss" "$hwm" "$(stat -c %s "$DATA_B/tern-edge.redb")" \
+        "$name" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" "$rss" "$hwm" "$(stat -c %s "$DATA_B/tern-edge.redb")" \
         "$(grep -a "state restored" "$LOG_B" | tail -1 | sed 's/"/\\"/g; s/.*restored from the store //')" \
         "$(echo "$listen_line" | cut -c1-30)" >"$RES/b-restart-$name.json"
     log "restart $name: $(cat "$RES/b-restart-$name.json")"
@@ -260,6 +262,26 @@ restart_measure after-sigkill
 log "drain: $(cat "$RES/b-drain.json")"
 stop_broker TERM
 restart_measure after-sigterm
+# Space comes back: drain every other session, then the idle commit thread compacts.
+STORE_BEFORE_DRAIN=$(stat -c %s "$DATA_B/tern-edge.redb")
+compactions=$(grep -ac "store file compacted" "$LOG_B" || true)
+t0=$(now)
+for ((s = 1; s < SESSIONS; s++)); do
+    "$LOAD" --port $PORT_TERN drain --session "$s" --expect "$PER_SESSION" >>"$RES/b-drain-rest.json" \
+        2>>"$RES/b-drain-rest.err" || log "drain of session $s failed"
+done
+t1=$(now)
+STORE_DRAINED=$(stat -c %s "$DATA_B/tern-edge.redb")
+for ((i = 0; i < 600; i++)); do
+    [ "$(grep -ac "store file compacted" "$LOG_B" || true)" -gt "$compactions" ] && break
+    sleep 0.1
+done
+STORE_COMPACTED=$(stat -c %s "$DATA_B/tern-edge.redb")
+printf '{"store_before_bytes":%s,"drain_seconds":%s,"store_drained_bytes":%s,"store_compacted_bytes":%s,"compaction":"%s"}\n' \
+    "$STORE_BEFORE_DRAIN" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" "$STORE_DRAINED" "$STORE_COMPACTED" \
+    "$(grep -a "store file compacted" "$LOG_B" | tail -1 | sed 's/"/\\"/g; s/.*store file compacted //')" \
+    >"$RES/b-reclaim.json"
+log "reclaim: $(cat "$RES/b-reclaim.json")"
 stop_broker TERM
 du -sb "$DATA_B" >"$RES/b-du.txt"
 rm -rf "$DATA_B"
@@ -437,6 +459,20 @@ if drain:
                  f"{drain.get('expected', 0):,} distinct ({drain.get('duplicates', 0)} duplicates) in "
                  f"{drain.get('seconds', 0):.1f} s, {fmt_rate(drain.get('msgs_per_sec'))} msg/s — "
                  f"{'ok' if ok else 'FAIL'} |")
+reclaim = load(os.path.join(res, "b-reclaim.json")) or {}
+rest = [load_line for load_line in (open(os.path.join(res, "b-drain-rest.json")).read().splitlines()
+        if os.path.exists(os.path.join(res, "b-drain-rest.json")) else [])]
+if reclaim:
+    got = sum(json.loads(l).get("received", 0) for l in rest if l.strip())
+    want = sum(json.loads(l).get("expected", 0) for l in rest if l.strip())
+    lines.append(f"| then drain the other sessions | {got:,} of {want:,} in {reclaim['drain_seconds']:.1f} s "
+                 f"— {'ok' if got == want and want else 'FAIL'} |")
+    lines.append(f"| store file: before that drain → drained → after the idle compaction "
+                 f"(`store.compact_idle_secs = 5`) | {reclaim['store_before_bytes'] / 2**20:,.1f} MiB → "
+                 f"{reclaim['store_drained_bytes'] / 2**20:,.1f} MiB → "
+                 f"{reclaim['store_compacted_bytes'] / 2**20:,.2f} MiB |")
+    if reclaim.get("compaction"):
+        lines.append(f"| compaction, broker's log | `{reclaim['compaction'].strip()}` |")
 lines.append("")
 lines.append("<details><summary>All throughput rounds and commands</summary>")
 lines.append("")
