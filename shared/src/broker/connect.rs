@@ -349,10 +349,11 @@ impl Broker {
     }
 }
 
-/// A copy of `s` in an allocation of its own, for what outlives the CONNECT (the
-/// session's client id, the user name). A decoded string shares the read buffer it came
-/// from, and would keep all of that buffer allocated for as long as the session lives.
-fn own_copy(s: &ByteString) -> ByteString {
+/// A copy of `s` in an allocation of its own, for what outlives its packet (the
+/// session's client id, user name, subscription filters). A decoded string shares the
+/// read buffer it came from, and would keep all of that buffer allocated for as long as
+/// the session lives.
+pub(super) fn own_copy(s: &ByteString) -> ByteString {
     ByteString::from(&**s)
 }
 

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytestring::ByteString;
 
+use super::connect::own_copy;
 use super::connection::ConnId;
 use super::session::{Delivery, SessionId};
 use super::Broker;
@@ -77,7 +78,9 @@ impl Broker {
             let Some(session) = self.sessions.get_mut(&sid) else {
                 return;
             };
-            session.subscriptions.insert(filter.clone(), subscription);
+            session
+                .subscriptions
+                .insert(own_copy(&filter), subscription);
             reason_codes.push(options.qos as u8);
             let wants_retained = match options.retain_handling {
                 RetainHandling::SendAtSubscribe => true,
