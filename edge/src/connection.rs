@@ -7,8 +7,9 @@
 //! connection's life: whatever ends it, it reports `handle_closed` exactly once.
 //!
 //! An idle connection holds no buffers: on transports where a read with no room waits
-//! for input (plain TCP), the reader waits that way and takes its read buffer only once
-//! bytes are there; the writer releases its buffers once its queue is empty.
+//! for input (plain TCP), a quiet reader (in its first `SETUP_READS` reads, or after a
+//! pause of `QUIET_GAP` before its last read) waits that way and takes its read buffer
+//! only once bytes are there; the writer releases its buffers once its queue is empty.
 //!
 //! When a packet pushes some connection's queue above its high-water mark, the reader
 //! stops feeding its batch and waits (at most `THROTTLE_WAIT`) for that queue to
@@ -46,6 +47,15 @@ const THROTTLE_WAIT: Duration = Duration::from_millis(250);
 /// How long a connection we closed is read and discarded, waiting for the client to
 /// close its side too.
 const LINGER: Duration = Duration::from_millis(500);
+
+/// A read this long after the one before marks the connection quiet: it then waits for
+/// its next input without buffers. A busier one keeps them, rather than allocating a
+/// read buffer and a batch for every read.
+const QUIET_GAP: Duration = Duration::from_secs(1);
+
+/// A connection's first reads (CONNECT, SUBSCRIBEs: a device's setup, often followed
+/// by silence until its next keep-alive) count as quiet too.
+const SETUP_READS: u32 = 8;
 
 /// How long a closing connection's writer may take to flush before it is cut off.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
@@ -96,15 +106,18 @@ pub(crate) async fn drive<S>(
     let max_size = server.max_packet_size();
     let mut buf = BytesMut::new();
     let mut read_size = READ_MIN;
+    let mut reads: u32 = 0;
+    let mut last_read: Option<std::time::Instant> = None;
+    let mut quiet = true;
     let mut protocol: Option<ProtocolVersion> = None;
     let mut batch: VecDeque<Packet> = VecDeque::new();
     let mut congested = Vec::new();
 
     let end = loop {
-        // Between packets, a quiet connection (reads at the smallest size) gives its
-        // buffers back: most devices send a packet now and then, and thousands of them
-        // would otherwise each pin a read buffer and a batch. A busy one keeps them.
-        let idle = buf.is_empty() && read_size == READ_MIN && empty_read_waits;
+        // Between packets, a quiet connection gives its buffers back: most devices send
+        // a packet now and then, and thousands of them would otherwise each pin a read
+        // buffer and a batch. A busy one keeps them.
+        let idle = quiet && buf.is_empty() && read_size == READ_MIN && empty_read_waits;
         if idle || (buf.is_empty() && buf.capacity() > 4 * read_size) {
             buf = BytesMut::new(); // Also lets a burst's large buffer go.
         }
@@ -116,6 +129,11 @@ pub(crate) async fn drive<S>(
                 Ok(0) => break End::Eof,
                 Ok(n) => {
                     read_size = next_read_size(read_size, n);
+                    let now = std::time::Instant::now();
+                    reads = reads.saturating_add(1);
+                    quiet = reads < SETUP_READS
+                        || last_read.is_some_and(|at| now.duration_since(at) >= QUIET_GAP);
+                    last_read = Some(now);
                     let mut error =
                         decode_all(&mut buf, &mut protocol, &version, max_size, &mut batch);
                     let failed = error.clone();
