@@ -120,6 +120,30 @@ struct Stream {
 }
 
 impl Stream {
+    /// `n` numbered messages at `qos` on `topic`, none sent yet.
+    fn new(
+        name: &'static str,
+        qos: u8,
+        n: u32,
+        topic: String,
+        connect: raw::Connect,
+        acked_total: &Arc<AtomicU64>,
+    ) -> Self {
+        Stream {
+            name,
+            qos,
+            topic,
+            connect,
+            state: vec![State::Unsent; n as usize],
+            inflight: HashMap::new(),
+            next: 0,
+            acked_total: acked_total.clone(),
+            connections: 0,
+            resent: 0,
+            errors: Vec::new(),
+        }
+    }
+
     fn pid(seq: u32) -> u16 {
         (seq % 60_000) as u16 + 1
     }
@@ -339,34 +363,24 @@ async fn crash_test(broker: &mut Broker, seed: u64) {
 
     let acked_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let q1 = Stream {
-        name: "q1",
-        qos: 1,
-        topic: format!("{q1_topic}/s"),
-        connect: raw::Connect::new(raw::V5, &format!("{run}-pub1")),
-        state: vec![State::Unsent; Q1_COUNT as usize],
-        inflight: HashMap::new(),
-        next: 0,
-        acked_total: acked_total.clone(),
-        connections: 0,
-        resent: 0,
-        errors: Vec::new(),
-    };
-    let q2 = Stream {
-        name: "q2",
-        qos: 2,
-        topic: format!("{q2_topic}/s"),
-        // QoS 2 exactly-once across reconnects needs the publisher's session (the broker
-        // remembers the packet ids it sent PUBREC for).
-        connect: raw::Connect::new(raw::V4, &format!("{run}-pub2")).clean(false),
-        state: vec![State::Unsent; Q2_COUNT as usize],
-        inflight: HashMap::new(),
-        next: 0,
-        acked_total: acked_total.clone(),
-        connections: 0,
-        resent: 0,
-        errors: Vec::new(),
-    };
+    let q1 = Stream::new(
+        "q1",
+        1,
+        Q1_COUNT,
+        format!("{q1_topic}/s"),
+        raw::Connect::new(raw::V5, &format!("{run}-pub1")),
+        &acked_total,
+    );
+    // QoS 2 exactly-once across reconnects needs the publisher's session (the broker
+    // remembers the packet ids it sent PUBREC for).
+    let q2 = Stream::new(
+        "q2",
+        2,
+        Q2_COUNT,
+        format!("{q2_topic}/s"),
+        raw::Connect::new(raw::V4, &format!("{run}-pub2")).clean(false),
+        &acked_total,
+    );
     let t1 = tokio::spawn(run_publisher(broker.addr(), q1, stop.clone()));
     let t2 = tokio::spawn(run_publisher(broker.addr(), q2, stop.clone()));
 
@@ -567,6 +581,33 @@ struct Drained {
     errors: Vec<String>,
 }
 
+impl Drained {
+    /// Asserts that every `(stream, seq)` of `want` was delivered, and nothing of the QoS 2
+    /// stream ("q2") more than once.
+    fn assert_got<'a>(&self, want: impl Iterator<Item = (&'a str, u32)>, seed: u64) {
+        let missing: Vec<String> = want
+            .filter(|&(n, s)| !self.delivered.contains_key(&(n.to_string(), s)))
+            .take(20)
+            .map(|(n, s)| format!("{n}:{s}"))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "messages lost across the kills (seed {seed}, first 20): {missing:?}"
+        );
+        let dup2: Vec<u32> = self
+            .delivered
+            .iter()
+            .filter(|((n, _), &c)| n == "q2" && c > 1)
+            .map(|((_, s), _)| *s)
+            .take(20)
+            .collect();
+        assert!(
+            dup2.is_empty(),
+            "QoS 2 delivered more than once across the kills (seed {seed}): {dup2:?}"
+        );
+    }
+}
+
 /// Drains a persistent v4 session until `want` distinct messages arrived, reconnecting
 /// whenever the broker goes away; counts distinct deliveries in `progress`.
 async fn drain_across_kills(
@@ -678,45 +719,12 @@ async fn deliveries_survive_sigkill_while_draining() {
     let mut rng = Rng(seed);
     let run = unique("dcrash");
     let connect = raw::Connect::new(raw::V4, &format!("{run}-sub")).clean(false);
-    let (mut s, _) = RawClient::connect(&broker.addr(), &connect).await;
-    let (f1, f2) = (format!("dcrash/q1/{run}/#"), format!("dcrash/q2/{run}/#"));
-    assert_eq!(
-        s.subscribe(1, &[(&f1, 1), (&f2, 2)], &Props::new()).await,
-        vec![1, 2]
-    );
-    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
-        .await
-        .unwrap();
-    let _ = s.wait_closed(WAIT).await;
+    subscribe_and_leave(&broker, &connect, "dcrash", &run).await;
 
     let (n1, n2) = (1500u32, 1000u32);
     let acked_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let stream = |name, qos, n, connect| Stream {
-        name,
-        qos,
-        topic: format!("dcrash/{name}/{run}/s"),
-        connect,
-        state: vec![State::Unsent; n as usize],
-        inflight: HashMap::new(),
-        next: 0,
-        acked_total: acked_total.clone(),
-        connections: 0,
-        resent: 0,
-        errors: Vec::new(),
-    };
-    let q1 = stream(
-        "q1",
-        1,
-        n1,
-        raw::Connect::new(raw::V4, &format!("{run}-p1")),
-    );
-    let q2 = stream(
-        "q2",
-        2,
-        n2,
-        raw::Connect::new(raw::V4, &format!("{run}-p2")).clean(false),
-    );
+    let (q1, q2) = two_streams("dcrash", &run, (n1, n2), raw::V4, &acked_total);
     let (q1, q2) = tokio::join!(
         run_publisher(broker.addr(), q1, stop.clone()),
         run_publisher(broker.addr(), q2, stop.clone())
@@ -760,27 +768,9 @@ async fn deliveries_survive_sigkill_while_draining() {
         KILLS,
         "the drain finished before all kills happened"
     );
-    let missing: Vec<String> = (0..n1)
-        .map(|s| ("q1".to_string(), s))
-        .chain((0..n2).map(|s| ("q2".to_string(), s)))
-        .filter(|k| !d.delivered.contains_key(k))
-        .take(20)
-        .map(|(n, s)| format!("{n}:{s}"))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "messages lost while draining across kills (seed {seed}, first 20): {missing:?}"
-    );
-    let dup2: Vec<u32> = d
-        .delivered
-        .iter()
-        .filter(|((n, _), &c)| n == "q2" && c > 1)
-        .map(|((_, s), _)| *s)
-        .collect();
-    assert!(
-        dup2.is_empty(),
-        "QoS 2 delivered more than once across kills (seed {seed}): {:?}",
-        &dup2[..dup2.len().min(20)]
+    d.assert_got(
+        (0..n1).map(|s| ("q1", s)).chain((0..n2).map(|s| ("q2", s))),
+        seed,
     );
     assert_eq!(
         d.delivered.len(),
@@ -804,45 +794,12 @@ async fn live_deliveries_survive_sigkill() {
     let mut rng = Rng(seed);
     let run = unique("lcrash");
     let connect = raw::Connect::new(raw::V4, &format!("{run}-sub")).clean(false);
-    let (mut s, _) = RawClient::connect(&broker.addr(), &connect).await;
-    let (f1, f2) = (format!("lcrash/q1/{run}/#"), format!("lcrash/q2/{run}/#"));
-    assert_eq!(
-        s.subscribe(1, &[(&f1, 1), (&f2, 2)], &Props::new()).await,
-        vec![1, 2]
-    );
-    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
-        .await
-        .unwrap();
-    let _ = s.wait_closed(WAIT).await;
+    subscribe_and_leave(&broker, &connect, "lcrash", &run).await;
 
     let (n1, n2) = (Q1_COUNT, Q2_COUNT);
     let acked_total = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let stream = |name, qos, n, connect| Stream {
-        name,
-        qos,
-        topic: format!("lcrash/{name}/{run}/s"),
-        connect,
-        state: vec![State::Unsent; n as usize],
-        inflight: HashMap::new(),
-        next: 0,
-        acked_total: acked_total.clone(),
-        connections: 0,
-        resent: 0,
-        errors: Vec::new(),
-    };
-    let q1 = stream(
-        "q1",
-        1,
-        n1,
-        raw::Connect::new(raw::V5, &format!("{run}-p1")),
-    );
-    let q2 = stream(
-        "q2",
-        2,
-        n2,
-        raw::Connect::new(raw::V4, &format!("{run}-p2")).clean(false),
-    );
+    let (q1, q2) = two_streams("lcrash", &run, (n1, n2), raw::V5, &acked_total);
     let received = Arc::new(AtomicU64::new(0));
     let sub = tokio::spawn(drain_across_kills(
         broker.addr(),
@@ -886,32 +843,59 @@ async fn live_deliveries_survive_sigkill() {
         d.errors,
         tail(&broker.log(), 40)
     );
-    let lost: Vec<String> = [&q1, &q2]
-        .into_iter()
-        .flat_map(|s| {
-            s.acked()
-                .into_iter()
-                .map(move |seq| (s.name.to_string(), seq))
-        })
-        .filter(|k| !d.delivered.contains_key(k))
-        .take(20)
-        .map(|(n, s)| format!("{n}:{s}"))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged messages never delivered (seed {seed}, first 20): {lost:?}"
+    d.assert_got(
+        [&q1, &q2]
+            .into_iter()
+            .flat_map(|s| s.acked().into_iter().map(move |seq| (s.name, seq))),
+        seed,
     );
-    let dup2: Vec<u32> = d
-        .delivered
-        .iter()
-        .filter(|((n, _), &c)| n == "q2" && c > 1)
-        .map(|((_, s), _)| *s)
-        .collect();
-    assert!(
-        dup2.is_empty(),
-        "QoS 2 delivered more than once (seed {seed}): {:?}",
-        &dup2[..dup2.len().min(20)]
+}
+
+/// The two numbered streams of a crash test, on `<prefix>/q1/<run>/s` (QoS 1, an MQTT
+/// `q1_version` client) and `<prefix>/q2/<run>/s` (QoS 2, a persistent v4 session, so that
+/// the broker recognises a resent QoS 2 PUBLISH).
+fn two_streams(
+    prefix: &str,
+    run: &str,
+    (n1, n2): (u32, u32),
+    q1_version: u8,
+    acked_total: &Arc<AtomicU64>,
+) -> (Stream, Stream) {
+    let q1 = Stream::new(
+        "q1",
+        1,
+        n1,
+        format!("{prefix}/q1/{run}/s"),
+        raw::Connect::new(q1_version, &format!("{run}-p1")),
+        acked_total,
     );
+    let q2 = Stream::new(
+        "q2",
+        2,
+        n2,
+        format!("{prefix}/q2/{run}/s"),
+        raw::Connect::new(raw::V4, &format!("{run}-p2")).clean(false),
+        acked_total,
+    );
+    (q1, q2)
+}
+
+/// Subscribes the persistent v4 session `connect` to `<prefix>/q1/<run>/#` at QoS 1 and
+/// `<prefix>/q2/<run>/#` at QoS 2, then disconnects: its messages queue from now on.
+async fn subscribe_and_leave(broker: &Broker, connect: &raw::Connect, prefix: &str, run: &str) {
+    let (mut s, _) = RawClient::connect(&broker.addr(), connect).await;
+    let (f1, f2) = (
+        format!("{prefix}/q1/{run}/#"),
+        format!("{prefix}/q2/{run}/#"),
+    );
+    assert_eq!(
+        s.subscribe(1, &[(&f1, 1), (&f2, 2)], &Props::new()).await,
+        vec![1, 2]
+    );
+    s.send(&raw::disconnect(raw::V4, 0, &Props::new()))
+        .await
+        .unwrap();
+    let _ = s.wait_closed(WAIT).await;
 }
 
 /// SIGKILLs and restarts `broker` [`KILLS`] times, each once `counter` grew by a seeded

@@ -34,20 +34,10 @@ fn puback_waits_for_the_batch_holding_the_message() {
         None,
         "PUBACK before the message is durable"
     );
-    let batch = h
-        .broker
-        .poll_store_batch()
-        .expect("a batch with the message");
-    assert!(batch
-        .ops
+    let ops = h.commit_batch();
+    assert!(ops
         .iter()
         .any(|op| matches!(op, crate::store::StoreOp::Enqueue { .. })));
-    h.store
-        .as_mut()
-        .expect("store")
-        .apply(&batch.ops)
-        .expect("apply");
-    h.broker.handle_store_committed(batch.id);
     assert_eq!(h.take(p), [Packet::PubAck(PubResponse::new(9))]);
 }
 
@@ -70,13 +60,7 @@ fn a_qos1_delivery_leaves_before_the_commit_a_qos2_delivery_after_it() {
         matches!(&early[..], [Output::Send(c, Packet::Publish(m))] if *c == one && m.qos == QoS::AtLeastOnce),
         "only the QoS 1 delivery before the commit: {early:?}"
     );
-    let batch = h.broker.poll_store_batch().expect("batch");
-    h.store
-        .as_mut()
-        .expect("store")
-        .apply(&batch.ops)
-        .expect("apply");
-    h.broker.handle_store_committed(batch.id);
+    h.commit_batch();
     assert_eq!(h.take(p), [Packet::PubRec(PubResponse::new(9))]);
     let late = h.take(two);
     assert!(
@@ -207,12 +191,6 @@ fn nothing_is_sent_to_a_socket_that_closed_while_its_ack_waited() {
         h.now,
     );
     h.broker.handle_closed(p, h.now);
-    let batch = h.broker.poll_store_batch().expect("batch");
-    h.store
-        .as_mut()
-        .expect("store")
-        .apply(&batch.ops)
-        .expect("apply");
-    h.broker.handle_store_committed(batch.id);
+    h.commit_batch();
     assert_eq!(h.broker.poll_output(), None);
 }

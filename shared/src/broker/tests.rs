@@ -66,6 +66,16 @@ impl Harness {
         }
     }
 
+    /// Applies the open store batch and reports it committed, without draining outputs;
+    /// returns its ops.
+    pub(super) fn commit_batch(&mut self) -> Vec<crate::store::StoreOp> {
+        let batch = self.broker.poll_store_batch().expect("an open store batch");
+        let store = self.store.as_mut().expect("persistent harness");
+        store.apply(&batch.ops).expect("batch applies");
+        self.broker.handle_store_committed(batch.id);
+        batch.ops
+    }
+
     pub(super) fn drain(&mut self) {
         if let Some(store) = &mut self.store {
             while let Some(batch) = self.broker.poll_store_batch() {
