@@ -314,41 +314,11 @@ fn store_redb_space_is_reused_as_queues_drain() {
     let dir = TempDir::new("space");
     let path = dir.file("store.redb");
     let mut store = RedbStore::open(&path, fast(StoreLimits::default())).expect("open");
-    let a = ByteString::from("a");
-    store
-        .apply(&[StoreOp::PutSession(SessionRecord {
-            client_id: a.clone(),
-            protocol: ProtocolVersion::V311,
-            expiry_interval: 0,
-            expires_at: None,
-            subscriptions: Vec::new(),
-        })])
-        .expect("session");
+    let a = session_a(&mut store);
     let empty_bytes = store.stats().bytes;
     let mut sizes = Vec::new();
     for cycle in 0..4u64 {
-        for chunk in 0..5u64 {
-            let mut batch = Vec::new();
-            for i in 0..200 {
-                let id = cycle * 10_000 + chunk * 200 + i;
-                batch.push(StoreOp::PutMessage {
-                    id: MessageId(id),
-                    message: workload_message(id, 1000),
-                });
-                batch.push(StoreOp::Enqueue {
-                    client_id: a.clone(),
-                    seq: id,
-                    entry: EntryRecord {
-                        message: MessageId(id),
-                        qos: QoS::AtLeastOnce,
-                        retain: false,
-                        subscription_ids: Vec::new(),
-                        state: EntryState::Queued,
-                    },
-                });
-            }
-            store.apply(&batch).expect("fill");
-        }
+        fill_queue(&mut store, &a, cycle * 10_000, 1000, 1000);
         assert!(store.stats().bytes > 1_000_000, "{:?}", store.stats());
         let drain: Vec<_> = (0..1000)
             .map(|i| StoreOp::RemoveEntry {
